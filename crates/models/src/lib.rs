@@ -1,1 +1,18 @@
+//! Model builders and loaders: LeNet-5, the pretrained ccexam MNISTNet, configurable ResNets.
 
+mod error;
+mod lenet;
+mod mnistnet;
+mod resnet;
+
+pub use error::{Error, Result};
+pub use lenet::lenet5;
+pub use mnistnet::{load_mnistnet, mnistnet, MNIST_MEAN, MNIST_STD};
+pub use resnet::{resnet, BlockKind, ResNetConfig, Stem};
+
+use gstick_nn::Cell;
+
+/// Boxes a cell for [`gstick_nn::Network::add_cell`].
+pub(crate) fn boxed(cell: impl Cell + 'static) -> Box<dyn Cell> {
+    Box::new(cell)
+}

@@ -1,0 +1,107 @@
+//! `gstick bench`: training throughput of LeNet-5 on Fashion-MNIST, ours against PyTorch's
+//! measured in the same run when a Python with torch is available.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use gstick_data::Split;
+use gstick_nn::loss::cross_entropy;
+use gstick_nn::optim::{AdamW, Optimizer};
+use gstick_nn::{named_params, Executor, Mode};
+
+use crate::datasets::{self, DatasetName};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Timed steps (after 20 warm-up steps).
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// Repeat the measurement and report the median.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Python interpreter with torch installed (default: python3).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Skip the PyTorch baseline.
+    #[arg(long)]
+    pub no_torch: bool,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let data = datasets::load(DatasetName::FashionMnist, Split::Train, None)?;
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..args.repeats.max(1) {
+        ours.push(ours_images_per_s(&data, args.batch_size, args.steps)?);
+        if !args.no_torch {
+            match torch_images_per_s(&args) {
+                Ok(v) => theirs.push(v),
+                Err(e) => {
+                    eprintln!("PyTorch baseline skipped: {e:#}");
+                    break;
+                }
+            }
+        }
+    }
+    let ours = median(&mut ours);
+    let mut report = serde_json::json!({
+        "bench": "lenet5-train-fashion-mnist",
+        "batch": args.batch_size,
+        "steps": args.steps,
+        "gstick_images_per_s": ours,
+    });
+    if !theirs.is_empty() {
+        let torch = median(&mut theirs);
+        report["pytorch_images_per_s"] = torch.into();
+        report["ratio_gstick_over_pytorch"] = (ours / torch).into();
+    }
+    println!("{report}");
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Same recipe as bench/lenet5_torch.py: AdamW (no decay) at 1e-3, 20 warm-up steps.
+fn ours_images_per_s(data: &gstick_data::Dataset, batch: usize, steps: usize) -> Result<f64> {
+    let mut net = gstick_models::lenet5(10, &mut gstick_nn::rng(0))?;
+    let mut exec = Executor::new(Mode::Train, 0);
+    let mut opt = AdamW::new(0.0);
+    // Endless batches: epoch after epoch, each with its own shuffle.
+    let mut batches = (0..).flat_map(|epoch| data.batches(batch, Some((0, epoch))));
+    let mut run = |n: usize, net: &mut gstick_nn::Network| -> Result<()> {
+        for _ in 0..n {
+            let (x, y) = batches.next().context("no batch")??;
+            let loss = cross_entropy(&exec.forward1(net, &x)?, &y)?;
+            let grads = loss.backward()?;
+            opt.step(&named_params(net), &grads, 1e-3)?;
+        }
+        Ok(())
+    };
+    run(20, &mut net)?;
+    let t = Instant::now();
+    run(steps, &mut net)?;
+    Ok((steps * batch) as f64 / t.elapsed().as_secs_f64())
+}
+
+fn torch_images_per_s(args: &BenchArgs) -> Result<f64> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/lenet5_torch.py");
+    let out = Command::new(&args.python)
+        .arg(&script)
+        .arg(args.batch_size.to_string())
+        .arg(args.steps.to_string())
+        .env("GSTICK_ASSETS", gstick_data::assets_dir())
+        .output()
+        .with_context(|| format!("running {}", args.python))?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed"));
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).context("parsing the PyTorch result")?;
+    v["images_per_s"].as_f64().context("no images_per_s in the PyTorch result")
+}

@@ -1,0 +1,23 @@
+//! The built-in cells. Each file holds one family.
+
+mod activation;
+mod arith;
+mod batch_norm;
+mod conv2d;
+mod dropout;
+mod embedding;
+mod linear;
+mod norm;
+mod pool;
+mod shape;
+
+pub use activation::{Activation, ActivationKind};
+pub use arith::{Add, Mul};
+pub use batch_norm::BatchNorm2d;
+pub use conv2d::{Conv2d, Conv2dConfig};
+pub use dropout::Dropout;
+pub use embedding::Embedding;
+pub use linear::Linear;
+pub use norm::{LayerNorm, RmsNorm};
+pub use pool::{GlobalAvgPool, Pool2d, PoolKind};
+pub use shape::{Concat, Flatten, Reshape};
