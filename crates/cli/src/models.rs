@@ -24,14 +24,23 @@ pub enum ModelName {
 }
 
 /// Builds (or, for pretrained models, loads) the network.
-pub fn build(name: ModelName, in_channels: usize, classes: usize, seed: u64, weights: Option<&PathBuf>) -> Result<Network> {
+pub fn build(
+    name: ModelName,
+    in_channels: usize,
+    classes: usize,
+    seed: u64,
+    weights: Option<&PathBuf>,
+) -> Result<Network> {
     let mut rng = gstick_nn::rng(seed);
     Ok(match name {
         ModelName::Lenet5 => lenet5(classes, &mut rng)?,
         ModelName::Mnistnet => mnistnet(&mut rng)?,
         ModelName::CcexamMnist => {
-            let path = weights.cloned().unwrap_or_else(|| gstick_data::assets_dir().join("ccexam/mnist.pth"));
-            load_mnistnet(&path).with_context(|| format!("loading the ccexam MNISTNet from {}", path.display()))?
+            let path = weights
+                .cloned()
+                .unwrap_or_else(|| gstick_data::assets_dir().join("ccexam/mnist.pth"));
+            load_mnistnet(&path)
+                .with_context(|| format!("loading the ccexam MNISTNet from {}", path.display()))?
         }
         ModelName::Resnet20 => resnet(&ResNetConfig::resnet20(in_channels, classes), &mut rng)?,
         ModelName::Resnet18 => resnet(&ResNetConfig::resnet18(in_channels, classes), &mut rng)?,
@@ -41,7 +50,11 @@ pub fn build(name: ModelName, in_channels: usize, classes: usize, seed: u64, wei
 
 /// Fails unless the model accepts images of this size.
 pub fn check_input(name: ModelName, height: usize, width: usize) -> Result<()> {
-    if matches!(name, ModelName::Lenet5 | ModelName::Mnistnet | ModelName::CcexamMnist) && (height, width) != (28, 28) {
+    if matches!(
+        name,
+        ModelName::Lenet5 | ModelName::Mnistnet | ModelName::CcexamMnist
+    ) && (height, width) != (28, 28)
+    {
         bail!("{name:?} takes 28x28 images, the dataset has {height}x{width}; use resnet20 for other sizes");
     }
     Ok(())

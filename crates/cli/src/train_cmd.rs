@@ -122,26 +122,38 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let decay = match args.schedule {
         ScheduleName::Constant => Decay::Constant,
         ScheduleName::Cosine => Decay::Cosine { min_lr: 0.0 },
-        ScheduleName::Step => Decay::Step { every_epochs: args.step_epochs, gamma: args.gamma },
+        ScheduleName::Step => Decay::Step {
+            every_epochs: args.step_epochs,
+            gamma: args.gamma,
+        },
     };
-    let schedule = LrSchedule { base_lr: args.lr, warmup_steps: args.warmup_steps, decay };
+    let schedule = LrSchedule {
+        base_lr: args.lr,
+        warmup_steps: args.warmup_steps,
+        decay,
+    };
     let mut trainer = Trainer::new(optimizer, schedule);
     trainer.seed = args.seed;
     trainer.progress = Progress::Auto;
     let steps = train_set.num_batches(args.batch_size);
     let started = std::time::Instant::now();
     let reports = trainer.fit(&mut net, args.epochs, steps, |epoch| {
-        train_set.batches(args.batch_size, Some((args.seed, epoch))).map(|b| b.map_err(data_error))
+        train_set
+            .batches(args.batch_size, Some((args.seed, epoch)))
+            .map(|b| b.map_err(data_error))
     })?;
     let train_seconds = started.elapsed().as_secs_f64();
-    let test = evaluate(&net, test_set.batches(256, None).map(|b| b.map_err(data_error)))?;
+    let test = evaluate(
+        &net,
+        test_set.batches(256, None).map(|b| b.map_err(data_error)),
+    )?;
     if let Some(out) = &args.out {
         checkpoint::save(&net, out).with_context(|| format!("saving {}", out.display()))?;
     }
     let samples_trained: usize = reports.iter().map(|r| r.samples).sum();
     let summary = serde_json::json!({
-        "model": format!("{:?}", args.model).to_lowercase(),
-        "dataset": format!("{:?}", args.dataset).to_lowercase(),
+        "model": value_name(args.model),
+        "dataset": value_name(args.dataset),
         "accuracy": test.accuracy,
         "samples": test.samples,
         "loss": test.loss,
@@ -177,19 +189,41 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         models::build(args.model, data.channels, 10, 0, args.checkpoint.as_ref())?
     } else {
         let Some(path) = &args.checkpoint else {
-            bail!("--checkpoint is required for {:?} (write one with `gstick train --out`)", args.model);
+            bail!(
+                "--checkpoint is required for {:?} (write one with `gstick train --out`)",
+                args.model
+            );
         };
         let net = models::build(args.model, data.channels, data.classes(), 0, None)?;
         checkpoint::load(&net, path)?;
         net
     };
-    let report = evaluate(&net, data.batches(args.batch_size.max(1), None).map(|b| b.map_err(data_error)))?;
+    let report = evaluate(
+        &net,
+        data.batches(args.batch_size.max(1), None)
+            .map(|b| b.map_err(data_error)),
+    )?;
     if args.json {
-        println!("{}", serde_json::json!({"accuracy": report.accuracy, "samples": report.samples, "loss": report.loss, "seconds": report.seconds}));
+        println!(
+            "{}",
+            serde_json::json!({"accuracy": report.accuracy, "samples": report.samples, "loss": report.loss, "seconds": report.seconds})
+        );
     } else {
-        println!("accuracy {:.2}% on {} samples (loss {:.4})", report.accuracy * 100.0, report.samples, report.loss);
+        println!(
+            "accuracy {:.2}% on {} samples (loss {:.4})",
+            report.accuracy * 100.0,
+            report.samples,
+            report.loss
+        );
     }
     Ok(())
+}
+
+/// The name a value has on the command line (`fashion-mnist`).
+fn value_name(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }
 
 fn data_error(e: gstick_data::Error) -> gstick_nn::Error {

@@ -18,7 +18,8 @@ pub fn load_csv_images(path: &Path, height: usize, width: usize) -> Result<Datas
         if line.is_empty() {
             continue;
         }
-        let values: std::result::Result<Vec<f32>, _> = line.split(',').map(|v| v.trim().parse::<f32>()).collect();
+        let values: std::result::Result<Vec<f32>, _> =
+            line.split(',').map(|v| v.trim().parse::<f32>()).collect();
         let values = match values {
             Ok(v) => v,
             Err(_) if lineno == 0 => continue, // header
@@ -27,12 +28,20 @@ pub fn load_csv_images(path: &Path, height: usize, width: usize) -> Result<Datas
         if values.len() != pixels + 1 {
             return Err(format_error(
                 path,
-                format!("line {}: {} values, expected {} pixels and a label", lineno + 1, values.len(), pixels),
+                format!(
+                    "line {}: {} values, expected {} pixels and a label",
+                    lineno + 1,
+                    values.len(),
+                    pixels
+                ),
             ));
         }
         let label = values[pixels];
         if label < 0.0 || label.fract() != 0.0 || label > u32::MAX as f32 {
-            return Err(format_error(path, format!("line {}: label {label} is not a class index", lineno + 1)));
+            return Err(format_error(
+                path,
+                format!("line {}: label {label} is not a class index", lineno + 1),
+            ));
         }
         images.extend_from_slice(&values[..pixels]);
         labels.push(label as u32);
@@ -40,5 +49,11 @@ pub fn load_csv_images(path: &Path, height: usize, width: usize) -> Result<Datas
     if labels.is_empty() {
         return Err(format_error(path, "no samples"));
     }
-    Ok(Dataset { images, labels, channels: 1, height, width })
+    Ok(Dataset {
+        images,
+        labels,
+        channels: 1,
+        height,
+        width,
+    })
 }

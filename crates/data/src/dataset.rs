@@ -42,7 +42,38 @@ impl Dataset {
     /// The first `n` samples (all when fewer).
     pub fn take(&self, n: usize) -> Dataset {
         let n = n.min(self.len());
-        Dataset { images: self.images[..n * self.image_size()].to_vec(), labels: self.labels[..n].to_vec(), ..*self }
+        Dataset {
+            images: self.images[..n * self.image_size()].to_vec(),
+            labels: self.labels[..n].to_vec(),
+            ..*self
+        }
+    }
+
+    /// Splits off every `k`-th sample (indices k-1, 2k-1, ...) as a held-out set; the rest is
+    /// returned first. Stratifies files that are sorted by label.
+    pub fn split_every(&self, k: usize) -> (Dataset, Dataset) {
+        let k = k.max(2);
+        let size = self.image_size();
+        let (mut train, mut test) = (self.empty_like(), self.empty_like());
+        for (i, &label) in self.labels.iter().enumerate() {
+            let part = if i % k == k - 1 {
+                &mut test
+            } else {
+                &mut train
+            };
+            part.images
+                .extend_from_slice(&self.images[i * size..(i + 1) * size]);
+            part.labels.push(label);
+        }
+        (train, test)
+    }
+
+    fn empty_like(&self) -> Dataset {
+        Dataset {
+            images: Vec::new(),
+            labels: Vec::new(),
+            ..*self
+        }
     }
 
     /// Batches over the samples in order, or shuffled with a generator seeded from
@@ -53,7 +84,12 @@ impl Dataset {
             let mixed = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mixed));
         }
-        Batches { data: self, order, batch_size: batch_size.max(1), next: 0 }
+        Batches {
+            data: self,
+            order,
+            batch_size: batch_size.max(1),
+            next: 0,
+        }
     }
 
     /// Number of batches of `batch_size` (the last one may be smaller).

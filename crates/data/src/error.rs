@@ -1,7 +1,10 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}: {source} (run scripts/fetch-assets.sh to fetch the datasets)")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Format { path: String, message: String },
     #[error(transparent)]
@@ -11,12 +14,18 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn format_error(path: &std::path::Path, message: impl Into<String>) -> Error {
-    Error::Format { path: path.display().to_string(), message: message.into() }
+    Error::Format {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
 }
 
 pub(crate) fn read_maybe_gz(path: &std::path::Path) -> Result<Vec<u8>> {
     use std::io::Read;
-    let io = |source| Error::Io { path: path.display().to_string(), source };
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let raw = std::fs::read(path).map_err(io)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();

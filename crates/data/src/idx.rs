@@ -12,7 +12,13 @@ fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
         return Err(format_error(path, "not an IDX file (bad magic number)"));
     }
     if bytes[2] != 0x08 {
-        return Err(format_error(path, format!("IDX data type 0x{:02x} is not supported (only u8)", bytes[2])));
+        return Err(format_error(
+            path,
+            format!(
+                "IDX data type 0x{:02x} is not supported (only u8)",
+                bytes[2]
+            ),
+        ));
     }
     let rank = bytes[3] as usize;
     let header = 4 + 4 * rank;
@@ -20,12 +26,25 @@ fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
         return Err(format_error(path, "truncated IDX header"));
     }
     let dims: Vec<usize> = (0..rank)
-        .map(|i| u32::from_be_bytes([bytes[4 + 4 * i], bytes[5 + 4 * i], bytes[6 + 4 * i], bytes[7 + 4 * i]]) as usize)
+        .map(|i| {
+            u32::from_be_bytes([
+                bytes[4 + 4 * i],
+                bytes[5 + 4 * i],
+                bytes[6 + 4 * i],
+                bytes[7 + 4 * i],
+            ]) as usize
+        })
         .collect();
     let count = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     match count {
         Some(n) if bytes.len() - header == n => Ok((dims, bytes[header..].to_vec())),
-        Some(n) => Err(format_error(path, format!("IDX header promises {n} values but the file holds {}", bytes.len() - header))),
+        Some(n) => Err(format_error(
+            path,
+            format!(
+                "IDX header promises {n} values but the file holds {}",
+                bytes.len() - header
+            ),
+        )),
         None => Err(format_error(path, "IDX dimensions overflow")),
     }
 }
@@ -36,10 +55,20 @@ pub fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
     let (dims, pixels) = parse_idx(images, &read_maybe_gz(images)?)?;
     let (ldims, label_bytes) = parse_idx(labels, &read_maybe_gz(labels)?)?;
     if dims.len() != 3 {
-        return Err(format_error(images, format!("expected images of rank 3 (N, H, W), got {dims:?}")));
+        return Err(format_error(
+            images,
+            format!("expected images of rank 3 (N, H, W), got {dims:?}"),
+        ));
     }
     if ldims.len() != 1 || ldims[0] != dims[0] {
-        return Err(format_error(labels, format!("{} labels for {} images", ldims.first().unwrap_or(&0), dims[0])));
+        return Err(format_error(
+            labels,
+            format!(
+                "{} labels for {} images",
+                ldims.first().unwrap_or(&0),
+                dims[0]
+            ),
+        ));
     }
     Ok(Dataset {
         images: pixels.into_iter().map(f32::from).collect(),

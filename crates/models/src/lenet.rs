@@ -9,11 +9,18 @@ pub fn lenet5(classes: usize, rng: &mut Rng) -> Result<Network> {
     let relu = || boxed(Activation(ActivationKind::Relu));
     let mut g = Network::new();
     let x = g.add_input("x");
-    let pad2 = Conv2dConfig { padding: 2, ..Default::default() };
+    let pad2 = Conv2dConfig {
+        padding: 2,
+        ..Default::default()
+    };
     let c1 = g.add_cell("conv1", boxed(Conv2d::new(1, 6, 5, pad2, true, rng)?), &[x])?;
     let r1 = g.add_cell("relu1", relu(), &[c1])?;
     let p1 = g.add_cell("pool1", boxed(Pool2d::max(2, 2)), &[r1])?;
-    let c2 = g.add_cell("conv2", boxed(Conv2d::new(6, 16, 5, Conv2dConfig::default(), true, rng)?), &[p1])?;
+    let c2 = g.add_cell(
+        "conv2",
+        boxed(Conv2d::new(6, 16, 5, Conv2dConfig::default(), true, rng)?),
+        &[p1],
+    )?;
     let r2 = g.add_cell("relu2", relu(), &[c2])?;
     let p2 = g.add_cell("pool2", boxed(Pool2d::max(2, 2)), &[r2])?;
     let f = g.add_cell("flatten", boxed(Flatten::default()), &[p2])?;

@@ -2,7 +2,10 @@
 //! or `Bottleneck`), so parameters get torchvision's names (`layer1.0.conv1.weight`,
 //! `layer2.0.downsample.0.weight`) and passes can enter and edit one block at a time.
 
-use gstick_nn::cells::{Activation, ActivationKind, Add, BatchNorm2d, Conv2d, Conv2dConfig, GlobalAvgPool, Linear, Pool2d, PoolKind};
+use gstick_nn::cells::{
+    Activation, ActivationKind, Add, BatchNorm2d, Conv2d, Conv2dConfig, GlobalAvgPool, Linear,
+    Pool2d, PoolKind,
+};
 use gstick_nn::{Network, Rng};
 use gstick_rewrite::NodeId;
 
@@ -48,7 +51,14 @@ pub struct ResNetConfig {
 impl ResNetConfig {
     /// ResNet-20 (He et al., CIFAR variant): 3 stages of 3 basic blocks, widths 16/32/64.
     pub fn resnet20(in_channels: usize, classes: usize) -> Self {
-        ResNetConfig { block: BlockKind::Basic, layers: vec![3, 3, 3], widths: vec![16, 32, 64], stem: Stem::Small, in_channels, classes }
+        ResNetConfig {
+            block: BlockKind::Basic,
+            layers: vec![3, 3, 3],
+            widths: vec![16, 32, 64],
+            stem: Stem::Small,
+            in_channels,
+            classes,
+        }
     }
 
     /// ResNet-18 topology (torchvision).
@@ -65,12 +75,26 @@ impl ResNetConfig {
 
     /// ResNet-50 topology (torchvision, stride on the 3x3 convolution).
     pub fn resnet50(in_channels: usize, classes: usize) -> Self {
-        ResNetConfig { block: BlockKind::Bottleneck, layers: vec![3, 4, 6, 3], ..Self::resnet18(in_channels, classes) }
+        ResNetConfig {
+            block: BlockKind::Bottleneck,
+            layers: vec![3, 4, 6, 3],
+            ..Self::resnet18(in_channels, classes)
+        }
     }
 }
 
-fn conv(i: usize, o: usize, k: usize, stride: usize, rng: &mut Rng) -> Result<Box<dyn gstick_nn::Cell>> {
-    let config = Conv2dConfig { stride, padding: k / 2, ..Default::default() };
+fn conv(
+    i: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    rng: &mut Rng,
+) -> Result<Box<dyn gstick_nn::Cell>> {
+    let config = Conv2dConfig {
+        stride,
+        padding: k / 2,
+        ..Default::default()
+    };
     Ok(boxed(Conv2d::new(i, o, k, config, false, rng)?))
 }
 
@@ -83,14 +107,24 @@ fn relu() -> Box<dyn gstick_nn::Cell> {
 }
 
 /// One residual block as a graph with one input and one output.
-fn block(kind: BlockKind, inp: usize, width: usize, stride: usize, rng: &mut Rng) -> Result<Network> {
+fn block(
+    kind: BlockKind,
+    inp: usize,
+    width: usize,
+    stride: usize,
+    rng: &mut Rng,
+) -> Result<Network> {
     let out = width * kind.expansion();
     let mut g = Network::new();
     let x = g.add_input("x");
     let mut h: NodeId = x;
     let convs: Vec<(usize, usize, usize, usize)> = match kind {
         BlockKind::Basic => vec![(inp, width, 3, stride), (width, width, 3, 1)],
-        BlockKind::Bottleneck => vec![(inp, width, 1, 1), (width, width, 3, stride), (width, out, 1, 1)],
+        BlockKind::Bottleneck => vec![
+            (inp, width, 1, 1),
+            (width, width, 3, stride),
+            (width, out, 1, 1),
+        ],
     };
     let last = convs.len();
     for (i, (ci, co, k, s)) in convs.into_iter().enumerate() {
@@ -115,7 +149,10 @@ fn block(kind: BlockKind, inp: usize, width: usize, stride: usize, rng: &mut Rng
 
 /// Builds a ResNet from its configuration with seeded initialization.
 pub fn resnet(config: &ResNetConfig, rng: &mut Rng) -> Result<Network> {
-    if config.layers.is_empty() || config.layers.len() != config.widths.len() || config.layers.contains(&0) {
+    if config.layers.is_empty()
+        || config.layers.len() != config.widths.len()
+        || config.layers.contains(&0)
+    {
         return Err(Error::Config(format!(
             "ResNet needs one width per stage and at least one block per stage (layers {:?}, widths {:?})",
             config.layers, config.widths
@@ -125,8 +162,16 @@ pub fn resnet(config: &ResNetConfig, rng: &mut Rng) -> Result<Network> {
     let x = g.add_input("x");
     let stem_width = config.widths[0];
     let mut h = match config.stem {
-        Stem::Small => g.add_cell("conv1", conv(config.in_channels, stem_width, 3, 1, rng)?, &[x])?,
-        Stem::ImageNet => g.add_cell("conv1", conv(config.in_channels, stem_width, 7, 2, rng)?, &[x])?,
+        Stem::Small => g.add_cell(
+            "conv1",
+            conv(config.in_channels, stem_width, 3, 1, rng)?,
+            &[x],
+        )?,
+        Stem::ImageNet => g.add_cell(
+            "conv1",
+            conv(config.in_channels, stem_width, 7, 2, rng)?,
+            &[x],
+        )?,
     };
     h = g.add_cell("bn1", bn(stem_width)?, &[h])?;
     h = g.add_cell("relu", relu(), &[h])?;
@@ -147,7 +192,11 @@ pub fn resnet(config: &ResNetConfig, rng: &mut Rng) -> Result<Network> {
         }
     }
     h = g.add_cell("avgpool", boxed(GlobalAvgPool), &[h])?;
-    h = g.add_cell("fc", boxed(Linear::new(channels, config.classes, true, rng)?), &[h])?;
+    h = g.add_cell(
+        "fc",
+        boxed(Linear::new(channels, config.classes, true, rng)?),
+        &[h],
+    )?;
     g.set_outputs(&[h])?;
     Ok(g)
 }

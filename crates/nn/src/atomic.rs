@@ -8,11 +8,20 @@ use crate::{Error, Result};
 /// Writes a file by calling `write` on a temporary path in the same folder, then renaming it
 /// over `path`. The temporary file is removed when `write` fails.
 pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = write(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.display().to_string(), source })
+        std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -23,6 +32,9 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
 /// Writes `bytes` to `path` atomically.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |tmp| {
-        std::fs::write(tmp, bytes).map_err(|source| Error::Io { path: tmp.display().to_string(), source })
+        std::fs::write(tmp, bytes).map_err(|source| Error::Io {
+            path: tmp.display().to_string(),
+            source,
+        })
     })
 }

@@ -9,10 +9,13 @@ use crate::{atomic, named_params, Error, Network, Result};
 
 /// Saves all parameters and buffers of `net` to `path` atomically.
 pub fn save(net: &Network, path: &Path) -> Result<()> {
-    let tensors: HashMap<String, Tensor> =
-        named_params(net).into_iter().map(|(name, p)| (name, p.tensor().detach())).collect();
+    let tensors: HashMap<String, Tensor> = named_params(net)
+        .into_iter()
+        .map(|(name, p)| (name, p.tensor().detach()))
+        .collect();
     atomic::write_with(path, |tmp| {
-        candle_core::safetensors::save(&tensors, tmp).map_err(|e| checkpoint_error(tmp, e.to_string()))
+        candle_core::safetensors::save(&tensors, tmp)
+            .map_err(|e| checkpoint_error(tmp, e.to_string()))
     })
 }
 
@@ -20,12 +23,16 @@ pub fn save(net: &Network, path: &Path) -> Result<()> {
 /// same shape, and the file may hold nothing else; otherwise nothing is changed and the error
 /// lists what is missing, unexpected or mis-shaped.
 pub fn load(net: &Network, path: &Path) -> Result<()> {
-    let file = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| checkpoint_error(path, e.to_string()))?;
+    let file = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| checkpoint_error(path, e.to_string()))?;
     load_tensors(net, &file).map_err(|message| checkpoint_error(path, message))
 }
 
 /// Copies `tensors` into the network's parameters, all or nothing.
-pub fn load_tensors(net: &Network, tensors: &HashMap<String, Tensor>) -> std::result::Result<(), String> {
+pub fn load_tensors(
+    net: &Network,
+    tensors: &HashMap<String, Tensor>,
+) -> std::result::Result<(), String> {
     let params = named_params(net);
     let mut problems = Vec::new();
     for (name, p) in &params {
@@ -39,7 +46,10 @@ pub fn load_tensors(net: &Network, tensors: &HashMap<String, Tensor>) -> std::re
             Some(_) => {}
         }
     }
-    let mut extra: Vec<&String> = tensors.keys().filter(|k| !params.iter().any(|(n, _)| n == *k)).collect();
+    let mut extra: Vec<&String> = tensors
+        .keys()
+        .filter(|k| !params.iter().any(|(n, _)| n == *k))
+        .collect();
     extra.sort();
     problems.extend(extra.into_iter().map(|k| format!("unexpected `{k}`")));
     if !problems.is_empty() {
@@ -54,5 +64,8 @@ pub fn load_tensors(net: &Network, tensors: &HashMap<String, Tensor>) -> std::re
 }
 
 fn checkpoint_error(path: &Path, message: String) -> Error {
-    Error::Checkpoint { path: path.display().to_string(), message }
+    Error::Checkpoint {
+        path: path.display().to_string(),
+        message,
+    }
 }

@@ -30,7 +30,12 @@ pub struct Executor {
 
 impl Executor {
     pub fn new(mode: Mode, seed: u64) -> Self {
-        Executor { mode, check_finite: false, rng: crate::rng(seed), hooks: Vec::new() }
+        Executor {
+            mode,
+            check_finite: false,
+            rng: crate::rng(seed),
+            hooks: Vec::new(),
+        }
     }
 
     /// Calls `hook` after the node with this qualified name (`layer1.0.conv1`) runs.
@@ -57,15 +62,26 @@ impl Executor {
         let mut out = self.forward(net, std::slice::from_ref(input))?;
         match out.len() {
             1 => Ok(out.remove(0)),
-            n => Err(Error::Config(format!("forward1 expects a network with one output, this one has {n}"))),
+            n => Err(Error::Config(format!(
+                "forward1 expects a network with one output, this one has {n}"
+            ))),
         }
     }
 
-    fn run_graph(&mut self, graph: &Network, prefix: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    fn run_graph(
+        &mut self,
+        graph: &Network,
+        prefix: &str,
+        inputs: &[Tensor],
+    ) -> Result<Vec<Tensor>> {
         if inputs.len() != graph.graph_inputs().len() {
             return Err(Error::Config(format!(
                 "{} takes {} input(s), got {}",
-                if prefix.is_empty() { "the network" } else { prefix },
+                if prefix.is_empty() {
+                    "the network"
+                } else {
+                    prefix
+                },
                 graph.graph_inputs().len(),
                 inputs.len()
             )));
@@ -82,11 +98,20 @@ impl Executor {
         }
         let mut values: HashMap<NodeId, Tensor> = HashMap::new();
         for (id, node) in graph.nodes() {
-            let name = if prefix.is_empty() { node.name().to_string() } else { format!("{prefix}.{}", node.name()) };
+            let name = if prefix.is_empty() {
+                node.name().to_string()
+            } else {
+                format!("{prefix}.{}", node.name())
+            };
             let args: Vec<Tensor> = node
                 .inputs()
                 .iter()
-                .map(|i| values.get(i).cloned().ok_or(Error::Graph(gstick_rewrite::Error::NoSuchNode(*i))))
+                .map(|i| {
+                    values
+                        .get(i)
+                        .cloned()
+                        .ok_or(Error::Graph(gstick_rewrite::Error::NoSuchNode(*i)))
+                })
                 .collect::<Result<_>>()?;
             for i in node.inputs() {
                 if let Some(r) = remaining.get_mut(i) {
@@ -98,28 +123,44 @@ impl Executor {
             }
             let wrap = |e: Error| match e {
                 e @ (Error::Node { .. } | Error::NonFinite { .. }) => e,
-                e => Error::Node { node: name.clone(), kind: node.kind().to_string(), source: Box::new(e) },
+                e => Error::Node {
+                    node: name.clone(),
+                    kind: node.kind().to_string(),
+                    source: Box::new(e),
+                },
             };
             let output = match node.op() {
                 Op::Input { index } => inputs.get(*index).cloned().ok_or_else(|| {
                     Error::Config(format!("missing graph input {index} for `{name}`"))
                 })?,
                 Op::Cell(cell) => {
-                    let mut ctx = CellCtx { mode: self.mode, rng: &mut self.rng };
+                    let mut ctx = CellCtx {
+                        mode: self.mode,
+                        rng: &mut self.rng,
+                    };
                     cell.forward(&args, &mut ctx).map_err(wrap)?
                 }
-                Op::SubGraph { graph: sub, .. } => {
-                    self.run_graph(sub, &name, &args).map_err(wrap)?.into_iter().next().ok_or_else(|| {
-                        Error::Config(format!("sub-graph `{name}` has no output"))
-                    })?
-                }
+                Op::SubGraph { graph: sub, .. } => self
+                    .run_graph(sub, &name, &args)
+                    .map_err(wrap)?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::Config(format!("sub-graph `{name}` has no output")))?,
             };
             if self.check_finite && !matches!(node.op(), Op::Input { .. }) && !is_finite(&output)? {
-                return Err(Error::NonFinite { node: name, kind: node.kind().to_string() });
+                return Err(Error::NonFinite {
+                    node: name,
+                    kind: node.kind().to_string(),
+                });
             }
             for (target, hook) in &mut self.hooks {
                 if target.as_deref().is_none_or(|t| t == name) {
-                    hook(&HookCall { name: &name, kind: node.kind(), inputs: &args, output: &output })?;
+                    hook(&HookCall {
+                        name: &name,
+                        kind: node.kind(),
+                        inputs: &args,
+                        output: &output,
+                    })?;
                 }
             }
             if remaining.get(&id).copied().unwrap_or(0) > 0 {
@@ -129,7 +170,12 @@ impl Executor {
         graph
             .graph_outputs()
             .iter()
-            .map(|o| values.get(o).cloned().ok_or(Error::Graph(gstick_rewrite::Error::NoSuchNode(*o))))
+            .map(|o| {
+                values
+                    .get(o)
+                    .cloned()
+                    .ok_or(Error::Graph(gstick_rewrite::Error::NoSuchNode(*o)))
+            })
             .collect()
     }
 }
@@ -139,6 +185,10 @@ pub fn is_finite(t: &Tensor) -> Result<bool> {
     if !t.dtype().is_float() {
         return Ok(true);
     }
-    let values = t.detach().to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let values = t
+        .detach()
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     Ok(values.iter().all(|v| v.is_finite()))
 }

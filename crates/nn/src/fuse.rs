@@ -14,7 +14,10 @@ pub fn fuse_conv_bn(net: &mut Network) -> Result<bool> {
     Ok(engine.apply(net)?)
 }
 
-fn fold(graph: &Graph<Box<dyn Cell>>, m: &Match) -> gstick_rewrite::Result<Vec<NewNode<Box<dyn Cell>>>> {
+fn fold(
+    graph: &Graph<Box<dyn Cell>>,
+    m: &Match,
+) -> gstick_rewrite::Result<Vec<NewNode<Box<dyn Cell>>>> {
     let conv_id = m.get("Conv2d")?;
     let bn_id = m.get("BatchNorm2d")?;
     let conv_node = graph.node(conv_id)?;
@@ -26,17 +29,32 @@ fn fold(graph: &Graph<Box<dyn Cell>>, m: &Match) -> gstick_rewrite::Result<Vec<N
         return Ok(Vec::new());
     };
     let fused = folded_conv(conv, bn).map_err(|e| {
-        gstick_rewrite::Error::Replacement(format!("folding `{}` into `{}`: {e}", graph.name_of(bn_id).unwrap_or("?"), conv_node.name()))
+        gstick_rewrite::Error::Replacement(format!(
+            "folding `{}` into `{}`: {e}",
+            graph.name_of(bn_id).unwrap_or("?"),
+            conv_node.name()
+        ))
     })?;
-    let input = conv_node.inputs().first().copied().ok_or_else(|| gstick_rewrite::Error::Replacement("conv without input".into()))?;
-    Ok(vec![NewNode::cell(conv_node.name(), Box::new(fused) as Box<dyn Cell>, vec![Arg::Node(input)])])
+    let input = conv_node
+        .inputs()
+        .first()
+        .copied()
+        .ok_or_else(|| gstick_rewrite::Error::Replacement("conv without input".into()))?;
+    Ok(vec![NewNode::cell(
+        conv_node.name(),
+        Box::new(fused) as Box<dyn Cell>,
+        vec![Arg::Node(input)],
+    )])
 }
 
 /// W' = W * s[o], b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps).
 pub fn folded_conv(conv: &Conv2d, bn: &BatchNorm2d) -> Result<Conv2d> {
     let (scale, shift) = bn.eval_affine()?;
     let out = conv.out_channels();
-    let w = conv.weight.tensor().broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?;
+    let w = conv
+        .weight
+        .tensor()
+        .broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?;
     let b = match &conv.bias {
         Some(b) => ((b.tensor() * &scale)? + &shift)?,
         None => shift,

@@ -13,6 +13,9 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 /// How many predictions (argmax of the logits) equal the labels.
 pub fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
     let predicted = logits.argmax(D::Minus1)?.to_dtype(DType::U32)?;
-    let hits = predicted.eq(&labels.to_dtype(DType::U32)?)?.to_dtype(DType::U32)?.sum_all()?;
+    let hits = predicted
+        .eq(&labels.to_dtype(DType::U32)?)?
+        .to_dtype(DType::U32)?
+        .sum_all()?;
     Ok(hits.to_scalar::<u32>()? as usize)
 }

@@ -25,14 +25,21 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(momentum: f64, nesterov: bool, weight_decay: f64) -> Self {
-        Sgd { momentum, nesterov, weight_decay, velocity: HashMap::new() }
+        Sgd {
+            momentum,
+            nesterov,
+            weight_decay,
+            velocity: HashMap::new(),
+        }
     }
 }
 
 impl Optimizer for Sgd {
     fn step(&mut self, params: &[(String, Param)], grads: &GradStore, lr: f64) -> Result<()> {
         for (name, p) in params.iter().filter(|(_, p)| p.is_trainable()) {
-            let Some(g) = grads.get(p.tensor()) else { continue };
+            let Some(g) = grads.get(p.tensor()) else {
+                continue;
+            };
             let w = p.tensor().detach();
             let mut g = g.detach();
             if self.weight_decay != 0.0 {
@@ -43,7 +50,11 @@ impl Optimizer for Sgd {
                     Some(v) => ((v * self.momentum)? + &g)?,
                     None => g.clone(),
                 };
-                g = if self.nesterov { (g + (&v * self.momentum)?)? } else { v.clone() };
+                g = if self.nesterov {
+                    (g + (&v * self.momentum)?)?
+                } else {
+                    v.clone()
+                };
                 self.velocity.insert(name.clone(), v);
             }
             p.set(&(w - (g * lr)?)?)?;
@@ -65,7 +76,14 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(weight_decay: f64) -> Self {
-        AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, steps: HashMap::new(), moments: HashMap::new() }
+        AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            steps: HashMap::new(),
+            moments: HashMap::new(),
+        }
     }
 }
 
@@ -73,10 +91,15 @@ impl Optimizer for AdamW {
     fn step(&mut self, params: &[(String, Param)], grads: &GradStore, lr: f64) -> Result<()> {
         let (b1, b2) = (self.beta1, self.beta2);
         for (name, p) in params.iter().filter(|(_, p)| p.is_trainable()) {
-            let Some(g) = grads.get(p.tensor()) else { continue };
+            let Some(g) = grads.get(p.tensor()) else {
+                continue;
+            };
             let g = g.detach();
             let (m, v) = match self.moments.get(name) {
-                Some((m, v)) => (((m * b1)? + (&g * (1.0 - b1))?)?, ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?),
+                Some((m, v)) => (
+                    ((m * b1)? + (&g * (1.0 - b1))?)?,
+                    ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
+                ),
                 None => ((&g * (1.0 - b1))?, (g.sqr()? * (1.0 - b2))?),
             };
             let t = self.steps.entry(name.clone()).or_insert(0);

@@ -15,12 +15,20 @@ pub struct Param {
 impl Param {
     /// A trainable weight.
     pub fn weight(t: Tensor) -> crate::Result<Self> {
-        Ok(Param { var: Var::from_tensor(&t)?, trainable: true, buffer: false })
+        Ok(Param {
+            var: Var::from_tensor(&t)?,
+            trainable: true,
+            buffer: false,
+        })
     }
 
     /// A buffer: saved and loaded, never trained.
     pub fn buffer(t: Tensor) -> crate::Result<Self> {
-        Ok(Param { var: Var::from_tensor(&t)?, trainable: false, buffer: true })
+        Ok(Param {
+            var: Var::from_tensor(&t)?,
+            trainable: false,
+            buffer: true,
+        })
     }
 
     /// The current value, tracked by autodiff when trainable.
@@ -82,7 +90,11 @@ pub fn set_trainable(net: &mut Network, prefixes: &[&str], trainable: bool) -> u
         let ids = g.node_ids().to_vec();
         for id in ids {
             let Ok(node) = g.node_mut(id) else { continue };
-            let name = if prefix.is_empty() { node.name().to_string() } else { format!("{prefix}.{}", node.name()) };
+            let name = if prefix.is_empty() {
+                node.name().to_string()
+            } else {
+                format!("{prefix}.{}", node.name())
+            };
             match node.op_mut() {
                 Op::Cell(cell) => {
                     for (local, p) in cell.params_mut() {

@@ -7,9 +7,14 @@ use std::f64::consts::PI;
 pub enum Decay {
     Constant,
     /// Multiply by `gamma` every `every_epochs` epochs.
-    Step { every_epochs: usize, gamma: f64 },
+    Step {
+        every_epochs: usize,
+        gamma: f64,
+    },
     /// Half-cosine from the base rate down to `min_lr` at the last step.
-    Cosine { min_lr: f64 },
+    Cosine {
+        min_lr: f64,
+    },
 }
 
 /// Base rate, optional linear warm-up from 0 over `warmup_steps`, then a decay.
@@ -22,7 +27,11 @@ pub struct LrSchedule {
 
 impl LrSchedule {
     pub fn constant(base_lr: f64) -> Self {
-        LrSchedule { base_lr, warmup_steps: 0, decay: Decay::Constant }
+        LrSchedule {
+            base_lr,
+            warmup_steps: 0,
+            decay: Decay::Constant,
+        }
     }
 
     /// The rate at global step `step` (0-based) of `total_steps`, with `steps_per_epoch`.
@@ -32,7 +41,10 @@ impl LrSchedule {
         }
         match self.decay {
             Decay::Constant => self.base_lr,
-            Decay::Step { every_epochs, gamma } => {
+            Decay::Step {
+                every_epochs,
+                gamma,
+            } => {
                 let epoch = step / steps_per_epoch.max(1);
                 self.base_lr * gamma.powi((epoch / every_epochs.max(1)) as i32)
             }

@@ -78,7 +78,13 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(optimizer: Box<dyn Optimizer>, schedule: LrSchedule) -> Self {
-        Trainer { optimizer, schedule, callbacks: Vec::new(), progress: Progress::Auto, seed: 0 }
+        Trainer {
+            optimizer,
+            schedule,
+            callbacks: Vec::new(),
+            progress: Progress::Auto,
+            seed: 0,
+        }
     }
 
     /// Trains for `epochs`; `batches(epoch)` yields that epoch's (images, labels) batches, about
@@ -105,7 +111,15 @@ impl Trainer {
         let mut stop = false;
         for epoch in 0..epochs {
             let lr = self.schedule.lr(step, total_steps, steps_per_epoch);
-            let mut state = TrainState { net, epoch, epochs, step, lr, loss: None, stop: false };
+            let mut state = TrainState {
+                net,
+                epoch,
+                epochs,
+                step,
+                lr,
+                loss: None,
+                stop: false,
+            };
             for cb in &mut self.callbacks {
                 cb.on_epoch_begin(&mut state)?;
             }
@@ -115,7 +129,15 @@ impl Trainer {
             for batch in batches(epoch) {
                 let (images, labels) = batch?;
                 let lr = self.schedule.lr(step, total_steps, steps_per_epoch);
-                let mut state = TrainState { net, epoch, epochs, step, lr, loss: None, stop: false };
+                let mut state = TrainState {
+                    net,
+                    epoch,
+                    epochs,
+                    step,
+                    lr,
+                    loss: None,
+                    stop: false,
+                };
                 for cb in &mut self.callbacks {
                     cb.on_step_begin(&mut state)?;
                 }
@@ -131,7 +153,15 @@ impl Trainer {
                 loss_sum += loss_value as f64 * n as f64;
                 hits += correct(&logits.detach(), &labels)?;
                 samples += n;
-                let mut state = TrainState { net, epoch, epochs, step, lr, loss: Some(loss_value), stop: false };
+                let mut state = TrainState {
+                    net,
+                    epoch,
+                    epochs,
+                    step,
+                    lr,
+                    loss: Some(loss_value),
+                    stop: false,
+                };
                 for cb in &mut self.callbacks {
                     cb.on_step_end(&mut state)?;
                 }
@@ -163,10 +193,21 @@ impl Trainer {
                     "epoch {}/{epochs}: loss {:.4}, train accuracy {:.4}, {:.1} s ({:.0} images/s)",
                     report.epoch, report.loss, report.train_accuracy, seconds, report.images_per_s
                 ),
-                Progress::JsonLines => eprintln!("{}", serde_json::json!({"event": "epoch", "report": &report})),
+                Progress::JsonLines => eprintln!(
+                    "{}",
+                    serde_json::json!({"event": "epoch", "report": &report})
+                ),
                 _ => {}
             }
-            let mut state = TrainState { net, epoch, epochs, step, lr, loss: None, stop: false };
+            let mut state = TrainState {
+                net,
+                epoch,
+                epochs,
+                step,
+                lr,
+                loss: None,
+                stop: false,
+            };
             for cb in &mut self.callbacks {
                 cb.on_epoch_end(&mut state, &report)?;
             }
@@ -190,7 +231,13 @@ fn epoch_bar(epoch: usize, epochs: usize, steps: usize) -> ProgressBar {
 }
 
 /// Re-runs the batch with per-node checks to name the first layer that produced NaN or Inf.
-fn locate_non_finite(net: &Network, images: &Tensor, loss: f32, epoch: usize, step: usize) -> Error {
+fn locate_non_finite(
+    net: &Network,
+    images: &Tensor,
+    loss: f32,
+    epoch: usize,
+    step: usize,
+) -> Error {
     let mut exec = Executor::new(Mode::Eval, 0);
     exec.check_finite = true;
     match exec.forward1(net, images) {
@@ -209,7 +256,10 @@ pub struct EvalReport {
 }
 
 /// Evaluates `net` in eval mode over `batches`.
-pub fn evaluate(net: &Network, batches: impl Iterator<Item = Result<(Tensor, Tensor)>>) -> Result<EvalReport> {
+pub fn evaluate(
+    net: &Network,
+    batches: impl Iterator<Item = Result<(Tensor, Tensor)>>,
+) -> Result<EvalReport> {
     let mut exec = Executor::new(Mode::Eval, 0);
     let started = Instant::now();
     let (mut loss_sum, mut hits, mut samples) = (0.0f64, 0usize, 0usize);

@@ -2,7 +2,9 @@
 //! including our own conv2d / max-pool / ReLU / channel-bias kernels.
 
 use candle_core::{DType, Device, Tensor, Var};
-use gstick_nn::cells::{Activation, ActivationKind, BatchNorm2d, Conv2d, Conv2dConfig, Linear, Pool2d, PoolKind};
+use gstick_nn::cells::{
+    Activation, ActivationKind, BatchNorm2d, Conv2d, Conv2dConfig, Linear, Pool2d, PoolKind,
+};
 use gstick_nn::{Cell, CellCtx, Mode, Param};
 use rand::Rng as _;
 
@@ -16,7 +18,10 @@ fn random(shape: &[usize], seed: u64) -> Tensor {
 /// loss = sum(cell(x) * r) for a fixed random r, so every output position matters differently.
 fn loss(cell: &dyn Cell, x: &Tensor, r: &Tensor, mode: Mode) -> Tensor {
     let mut rng = gstick_nn::rng(0);
-    let mut ctx = CellCtx { mode, rng: &mut rng };
+    let mut ctx = CellCtx {
+        mode,
+        rng: &mut rng,
+    };
     let y = cell.forward(std::slice::from_ref(x), &mut ctx).unwrap();
     (y * r).unwrap().sum_all().unwrap()
 }
@@ -29,8 +34,14 @@ fn scalar(t: &Tensor) -> f64 {
 fn check(name: &str, cell: &dyn Cell, x: &Var, wrt: &[(&str, &Var)], mode: Mode) {
     let out_shape = {
         let mut rng = gstick_nn::rng(0);
-        let mut ctx = CellCtx { mode, rng: &mut rng };
-        cell.forward(&[x.as_tensor().clone()], &mut ctx).unwrap().dims().to_vec()
+        let mut ctx = CellCtx {
+            mode,
+            rng: &mut rng,
+        };
+        cell.forward(&[x.as_tensor().clone()], &mut ctx)
+            .unwrap()
+            .dims()
+            .to_vec()
     };
     let r = random(&out_shape, 99);
     let grads = loss(cell, x.as_tensor(), &r, mode).backward().unwrap();
@@ -50,15 +61,20 @@ fn check(name: &str, cell: &dyn Cell, x: &Var, wrt: &[(&str, &Var)], mode: Mode)
             let probe = |delta: f64| {
                 let mut v = original.clone();
                 v[i] += delta;
-                var.set(&Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap())
+                    .unwrap();
                 scalar(&loss(cell, x.as_tensor(), &r, mode))
             };
             let numeric = (probe(eps) - probe(-eps)) / (2.0 * eps);
             let err = (numeric - analytic[i]).abs() / (1.0 + numeric.abs());
             worst = worst.max(err);
         }
-        var.set(&Tensor::from_vec(original, shape.as_slice(), &Device::Cpu).unwrap()).unwrap();
-        assert!(worst < 1e-6, "{name}: gradient of {what} disagrees, worst relative error {worst:e}");
+        var.set(&Tensor::from_vec(original, shape.as_slice(), &Device::Cpu).unwrap())
+            .unwrap();
+        assert!(
+            worst < 1e-6,
+            "{name}: gradient of {what} disagrees, worst relative error {worst:e}"
+        );
     }
 }
 
@@ -70,26 +86,77 @@ fn var(shape: &[usize], seed: u64) -> Var {
 fn linear_gradients() {
     let x = var(&[3, 5], 1);
     let cell = Linear::from_tensors(random(&[4, 5], 2), Some(random(&[4], 3))).unwrap();
-    let (w, b) = (cell.weight.var().clone(), cell.bias.as_ref().unwrap().var().clone());
-    check("Linear", &cell, &x, &[("input", &x), ("weight", &w), ("bias", &b)], Mode::Train);
+    let (w, b) = (
+        cell.weight.var().clone(),
+        cell.bias.as_ref().unwrap().var().clone(),
+    );
+    check(
+        "Linear",
+        &cell,
+        &x,
+        &[("input", &x), ("weight", &w), ("bias", &b)],
+        Mode::Train,
+    );
     // Rank-3 input (batch, tokens, features) goes through the same path.
     let x3 = var(&[2, 3, 5], 4);
-    check("Linear rank 3", &cell, &x3, &[("input", &x3), ("weight", &w)], Mode::Train);
+    check(
+        "Linear rank 3",
+        &cell,
+        &x3,
+        &[("input", &x3), ("weight", &w)],
+        Mode::Train,
+    );
 }
 
 #[test]
 fn conv2d_gradients_with_groups_stride_padding_dilation() {
     let cases = [
         ("plain", 2, 4, 3, Conv2dConfig::default()),
-        ("grouped, strided, padded", 4, 6, 3, Conv2dConfig { stride: 2, padding: 1, dilation: 1, groups: 2 }),
-        ("depthwise, dilated", 3, 3, 3, Conv2dConfig { stride: 1, padding: 2, dilation: 2, groups: 3 }),
+        (
+            "grouped, strided, padded",
+            4,
+            6,
+            3,
+            Conv2dConfig {
+                stride: 2,
+                padding: 1,
+                dilation: 1,
+                groups: 2,
+            },
+        ),
+        (
+            "depthwise, dilated",
+            3,
+            3,
+            3,
+            Conv2dConfig {
+                stride: 1,
+                padding: 2,
+                dilation: 2,
+                groups: 3,
+            },
+        ),
         ("pointwise", 4, 2, 1, Conv2dConfig::default()),
     ];
     for (i, (name, cin, cout, k, cfg)) in cases.into_iter().enumerate() {
         let x = var(&[2, cin, 6, 5], 10 + i as u64);
-        let cell = Conv2d::from_tensors(random(&[cout, cin / cfg.groups, k, k], 20 + i as u64), Some(random(&[cout], 30)), cfg).unwrap();
-        let (w, b) = (cell.weight.var().clone(), cell.bias.as_ref().unwrap().var().clone());
-        check(&format!("Conv2d {name}"), &cell, &x, &[("input", &x), ("weight", &w), ("bias", &b)], Mode::Train);
+        let cell = Conv2d::from_tensors(
+            random(&[cout, cin / cfg.groups, k, k], 20 + i as u64),
+            Some(random(&[cout], 30)),
+            cfg,
+        )
+        .unwrap();
+        let (w, b) = (
+            cell.weight.var().clone(),
+            cell.bias.as_ref().unwrap().var().clone(),
+        );
+        check(
+            &format!("Conv2d {name}"),
+            &cell,
+            &x,
+            &[("input", &x), ("weight", &w), ("bias", &b)],
+            Mode::Train,
+        );
     }
 }
 
@@ -98,16 +165,45 @@ fn conv2d_kernel_matches_candle() {
     let x = random(&[3, 4, 9, 7], 5).to_dtype(DType::F32).unwrap();
     for cfg in [
         Conv2dConfig::default(),
-        Conv2dConfig { stride: 2, padding: 1, dilation: 1, groups: 2 },
-        Conv2dConfig { stride: 3, padding: 2, dilation: 2, groups: 4 },
+        Conv2dConfig {
+            stride: 2,
+            padding: 1,
+            dilation: 1,
+            groups: 2,
+        },
+        Conv2dConfig {
+            stride: 3,
+            padding: 2,
+            dilation: 2,
+            groups: 4,
+        },
     ] {
-        let w = random(&[8, 4 / cfg.groups, 3, 3], 6).to_dtype(DType::F32).unwrap();
+        let w = random(&[8, 4 / cfg.groups, 3, 3], 6)
+            .to_dtype(DType::F32)
+            .unwrap();
         let ours = Conv2d::from_tensors(w.clone(), None, cfg).unwrap();
         let mut rng = gstick_nn::rng(0);
-        let y = ours.forward(&[x.clone()], &mut CellCtx { mode: Mode::Eval, rng: &mut rng }).unwrap();
-        let reference = x.conv2d(&w, cfg.padding, cfg.stride, cfg.dilation, cfg.groups).unwrap();
+        let y = ours
+            .forward(
+                std::slice::from_ref(&x),
+                &mut CellCtx {
+                    mode: Mode::Eval,
+                    rng: &mut rng,
+                },
+            )
+            .unwrap();
+        let reference = x
+            .conv2d(&w, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)
+            .unwrap();
         assert_eq!(y.dims(), reference.dims());
-        let diff = (y - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (y - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "{cfg:?}: max difference {diff}");
     }
 }
@@ -127,7 +223,13 @@ fn batch_norm_gradients_train_and_eval() {
         let x = var(&[4, 3, 3, 2], 7);
         let cell = batch_norm_f64(3);
         let (w, b) = (cell.weight.var().clone(), cell.bias.var().clone());
-        check(&format!("BatchNorm2d {mode:?}"), &cell, &x, &[("input", &x), ("weight", &w), ("bias", &b)], mode);
+        check(
+            &format!("BatchNorm2d {mode:?}"),
+            &cell,
+            &x,
+            &[("input", &x), ("weight", &w), ("bias", &b)],
+            mode,
+        );
     }
 }
 
@@ -138,10 +240,20 @@ fn batch_norm_running_statistics_follow_pytorch() {
     let before_var: Vec<f64> = bn.running_var.tensor().to_vec1().unwrap();
     let x = random(&[3, 2, 2, 2], 8);
     let mut rng = gstick_nn::rng(0);
-    bn.forward(&[x.clone()], &mut CellCtx { mode: Mode::Train, rng: &mut rng }).unwrap();
+    bn.forward(
+        std::slice::from_ref(&x),
+        &mut CellCtx {
+            mode: Mode::Train,
+            rng: &mut rng,
+        },
+    )
+    .unwrap();
     let flat: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
     for c in 0..2 {
-        let vals: Vec<f64> = (0..3).flat_map(|n| (0..4).map(move |k| (n, k))).map(|(n, k)| flat[n * 8 + c * 4 + k]).collect();
+        let vals: Vec<f64> = (0..3)
+            .flat_map(|n| (0..4).map(move |k| (n, k)))
+            .map(|(n, k)| flat[n * 8 + c * 4 + k])
+            .collect();
         let mean = vals.iter().sum::<f64>() / 12.0;
         let unbiased = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 11.0;
         let rm: Vec<f64> = bn.running_mean.tensor().to_vec1().unwrap();
@@ -151,7 +263,14 @@ fn batch_norm_running_statistics_follow_pytorch() {
     }
     // Evaluation leaves the running statistics alone.
     let rm: Vec<f64> = bn.running_mean.tensor().to_vec1().unwrap();
-    bn.forward(&[x], &mut CellCtx { mode: Mode::Eval, rng: &mut rng }).unwrap();
+    bn.forward(
+        &[x],
+        &mut CellCtx {
+            mode: Mode::Eval,
+            rng: &mut rng,
+        },
+    )
+    .unwrap();
     assert_eq!(rm, bn.running_mean.tensor().to_vec1::<f64>().unwrap());
 }
 
@@ -162,13 +281,22 @@ fn pooling_and_activation_gradients() {
     let x = var(&[2, 2, 5, 6], 9);
     let cells: Vec<(&str, Box<dyn Cell>)> = vec![
         ("MaxPool2d k2 s2", Box::new(Pool2d::max(2, 2))),
-        ("MaxPool2d k3 s2 p1", Box::new(Pool2d::new(PoolKind::Max, 3, 2, 1).unwrap())),
-        ("AvgPool2d k3 s1 p1", Box::new(Pool2d::new(PoolKind::Avg, 3, 1, 1).unwrap())),
+        (
+            "MaxPool2d k3 s2 p1",
+            Box::new(Pool2d::new(PoolKind::Max, 3, 2, 1).unwrap()),
+        ),
+        (
+            "AvgPool2d k3 s1 p1",
+            Box::new(Pool2d::new(PoolKind::Avg, 3, 1, 1).unwrap()),
+        ),
         ("ReLU", Box::new(Activation(ActivationKind::Relu))),
         ("HSwish", Box::new(Activation(ActivationKind::HSwish))),
         ("GELU", Box::new(Activation(ActivationKind::Gelu))),
         ("SiLU", Box::new(Activation(ActivationKind::Silu))),
-        ("Softmax", Box::new(Activation(ActivationKind::Softmax { dim: 3 }))),
+        (
+            "Softmax",
+            Box::new(Activation(ActivationKind::Softmax { dim: 3 })),
+        ),
     ];
     for (name, cell) in cells {
         check(name, cell.as_ref(), &x, &[("input", &x)], Mode::Train);

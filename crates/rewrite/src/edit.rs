@@ -29,7 +29,11 @@ pub struct NewNode<P> {
 
 impl<P> NewNode<P> {
     pub fn cell(name: impl Into<String>, cell: P, inputs: Vec<Arg>) -> Self {
-        NewNode { name: name.into(), op: Op::Cell(cell), inputs }
+        NewNode {
+            name: name.into(),
+            op: Op::Cell(cell),
+            inputs,
+        }
     }
 }
 
@@ -91,12 +95,17 @@ impl<P: Payload> Graph<P> {
         }
         let users = self.users(id)?;
         if !users.is_empty() {
-            let users = users.iter().map(|&u| self.name_of(u).map(str::to_string)).collect::<Result<_>>()?;
+            let users = users
+                .iter()
+                .map(|&u| self.name_of(u).map(str::to_string))
+                .collect::<Result<_>>()?;
             return Err(Error::HasUsers { node: name, users });
         }
         self.order.retain(|&o| o != id);
         self.names.remove(&name);
-        self.slots[id.0 as usize].take().ok_or(Error::NoSuchNode(id))
+        self.slots[id.0 as usize]
+            .take()
+            .ok_or(Error::NoSuchNode(id))
     }
 
     /// Makes argument `index` of `node` read `src` instead. `src` must come before `node`.
@@ -104,7 +113,11 @@ impl<P: Payload> Graph<P> {
         let n = self.node(node)?;
         let (name, count) = (n.name.clone(), n.inputs.len());
         if index >= count {
-            return Err(Error::ArgOutOfRange { node: name, index, count });
+            return Err(Error::ArgOutOfRange {
+                node: name,
+                index,
+                count,
+            });
         }
         self.check_precede(&[src], self.position_of(node)?, &name)?;
         self.node_mut(node)?.inputs[index] = src;
@@ -145,7 +158,10 @@ impl<P: Payload> Graph<P> {
     pub fn set_output(&mut self, index: usize, id: NodeId) -> Result<()> {
         self.node(id)?;
         let count = self.outputs.len();
-        let slot = self.outputs.get_mut(index).ok_or(Error::OutputOutOfRange { index, count })?;
+        let slot = self
+            .outputs
+            .get_mut(index)
+            .ok_or(Error::OutputOutOfRange { index, count })?;
         *slot = id;
         Ok(())
     }

@@ -16,7 +16,11 @@ pub enum Error {
     #[error("`{user}` cannot read `{producer}`: the producer does not come before it (this edit would create a cycle)")]
     OrderViolation { producer: String, user: String },
     #[error("`{node}` has {count} inputs; argument index {index} is out of range")]
-    ArgOutOfRange { node: String, index: usize, count: usize },
+    ArgOutOfRange {
+        node: String,
+        index: usize,
+        count: usize,
+    },
     #[error("output index {index} is out of range: the graph has {count} outputs")]
     OutputOutOfRange { index: usize, count: usize },
     #[error("`{0}` is not a sub-graph node")]
@@ -26,7 +30,11 @@ pub enum Error {
     #[error("new node #{index} refers to new node #{refers}, which does not come before it")]
     BadNewNodeRef { index: usize, refers: usize },
     #[error("`{node}` is given {given} inputs but its sub-graph takes {expected}")]
-    SubGraphArity { node: String, given: usize, expected: usize },
+    SubGraphArity {
+        node: String,
+        given: usize,
+        expected: usize,
+    },
     #[error("replacement failed: {0}")]
     Replacement(String),
 }

@@ -164,7 +164,10 @@ impl<P: Payload> Graph<P> {
         graph: Graph<P>,
         inputs: &[NodeId],
     ) -> Result<NodeId> {
-        let op = Op::SubGraph { kind: kind.to_string(), graph: Box::new(graph) };
+        let op = Op::SubGraph {
+            kind: kind.to_string(),
+            graph: Box::new(graph),
+        };
         self.add_node(name, op, inputs)
     }
 
@@ -197,7 +200,12 @@ impl<P: Payload> Graph<P> {
         let id = NodeId(self.slots.len() as u32);
         let name = self.unique_name(name);
         self.names.insert(name.clone(), id);
-        self.slots.push(Some(Node { name, op, inputs, attrs: BTreeMap::new() }));
+        self.slots.push(Some(Node {
+            name,
+            op,
+            inputs,
+            attrs: BTreeMap::new(),
+        }));
         match at {
             Some(pos) => self.order.insert(pos, id),
             None => self.order.push(id),
@@ -209,11 +217,17 @@ impl<P: Payload> Graph<P> {
 
     /// The node behind `id`, or an error for an erased or foreign handle.
     pub fn node(&self, id: NodeId) -> Result<&Node<P>> {
-        self.slots.get(id.0 as usize).and_then(Option::as_ref).ok_or(Error::NoSuchNode(id))
+        self.slots
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .ok_or(Error::NoSuchNode(id))
     }
 
     pub fn node_mut(&mut self, id: NodeId) -> Result<&mut Node<P>> {
-        self.slots.get_mut(id.0 as usize).and_then(Option::as_mut).ok_or(Error::NoSuchNode(id))
+        self.slots
+            .get_mut(id.0 as usize)
+            .and_then(Option::as_mut)
+            .ok_or(Error::NoSuchNode(id))
     }
 
     /// The node with this unique name, if any.
@@ -223,7 +237,8 @@ impl<P: Payload> Graph<P> {
 
     /// Like [`Graph::get`], but an error naming the missing node.
     pub fn find(&self, name: &str) -> Result<NodeId> {
-        self.get(name).ok_or_else(|| Error::NoSuchName(name.to_string()))
+        self.get(name)
+            .ok_or_else(|| Error::NoSuchName(name.to_string()))
     }
 
     pub fn name_of(&self, id: NodeId) -> Result<&str> {
@@ -237,7 +252,9 @@ impl<P: Payload> Graph<P> {
 
     /// Nodes in execution order (this graph only).
     pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &Node<P>)> + '_ {
-        self.order.iter().filter_map(move |&id| self.node(id).ok().map(|n| (id, n)))
+        self.order
+            .iter()
+            .filter_map(move |&id| self.node(id).ok().map(|n| (id, n)))
     }
 
     /// Every node in execution order, descending into sub-graphs, each with its qualified name
@@ -286,7 +303,11 @@ impl<P: Payload> Graph<P> {
     /// The nodes that read `id`, in execution order, each once.
     pub fn users(&self, id: NodeId) -> Result<Vec<NodeId>> {
         self.node(id)?;
-        Ok(self.nodes().filter(|(_, n)| n.inputs.contains(&id)).map(|(uid, _)| uid).collect())
+        Ok(self
+            .nodes()
+            .filter(|(_, n)| n.inputs.contains(&id))
+            .map(|(uid, _)| uid)
+            .collect())
     }
 
     /// Whether `id` is one of the graph's outputs.
@@ -297,13 +318,17 @@ impl<P: Payload> Graph<P> {
     /// Position of `id` in the execution order.
     pub fn position_of(&self, id: NodeId) -> Result<usize> {
         self.node(id)?;
-        self.order.iter().position(|&o| o == id).ok_or(Error::NoSuchNode(id))
+        self.order
+            .iter()
+            .position(|&o| o == id)
+            .ok_or(Error::NoSuchNode(id))
     }
 
     /// The sub-graph held by node `id`.
     pub fn subgraph(&self, id: NodeId) -> Result<&Graph<P>> {
         let node = self.node(id)?;
-        node.subgraph().ok_or_else(|| Error::NotSubGraph(node.name.clone()))
+        node.subgraph()
+            .ok_or_else(|| Error::NotSubGraph(node.name.clone()))
     }
 
     /// The sub-graph held by node `id`, for editing.
@@ -343,7 +368,10 @@ impl<P: Payload> Graph<P> {
         if !self.names.contains_key(base) {
             return base.to_string();
         }
-        (1..).map(|k| format!("{base}_{k}")).find(|n| !self.names.contains_key(n)).unwrap_or_default()
+        (1..)
+            .map(|k| format!("{base}_{k}"))
+            .find(|n| !self.names.contains_key(n))
+            .unwrap_or_default()
     }
 
     /// Runs `edit` on the graph; when it fails, the graph is restored to what it was before.

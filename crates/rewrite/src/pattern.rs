@@ -22,12 +22,20 @@ pub struct Pattern {
 impl Pattern {
     /// Matches a node of `kind`, whatever its arguments.
     pub fn node(name: &str, kind: &str) -> Self {
-        Pattern { name: name.to_string(), kind: Some(kind.to_string()), inputs: None }
+        Pattern {
+            name: name.to_string(),
+            kind: Some(kind.to_string()),
+            inputs: None,
+        }
     }
 
     /// Matches any node; a wildcard is never erased nor checked for outside users.
     pub fn any(name: &str) -> Self {
-        Pattern { name: name.to_string(), kind: None, inputs: None }
+        Pattern {
+            name: name.to_string(),
+            kind: None,
+            inputs: None,
+        }
     }
 
     /// Requires exactly these arguments, matched in order.
@@ -44,7 +52,11 @@ impl Pattern {
         let mut current: Option<Pattern> = None;
         for kind in kinds {
             let count = seen.entry(kind).or_insert(0);
-            let name = if *count == 0 { kind.to_string() } else { format!("{kind}_{count}") };
+            let name = if *count == 0 {
+                kind.to_string()
+            } else {
+                format!("{kind}_{count}")
+            };
             *count += 1;
             let mut p = Pattern::node(&name, kind);
             if let Some(prev) = current.take() {
@@ -62,7 +74,11 @@ impl Pattern {
         if matches!(node.op(), Op::Input { .. }) {
             return Ok(Pattern::any(node.name()));
         }
-        let inputs = node.inputs().iter().map(|&i| Pattern::from_node(graph, i)).collect::<Result<_>>()?;
+        let inputs = node
+            .inputs()
+            .iter()
+            .map(|&i| Pattern::from_node(graph, i))
+            .collect::<Result<_>>()?;
         Ok(Pattern::node(node.name(), node.kind()).with_inputs(inputs))
     }
 
@@ -81,12 +97,18 @@ impl Pattern {
 
     /// Tries to match this pattern rooted at `id`.
     pub fn match_at<P: Payload>(&self, graph: &Graph<P>, id: NodeId) -> Option<Match> {
-        let mut m = Match { root: id, nodes: BTreeMap::new(), wildcards: BTreeSet::new() };
+        let mut m = Match {
+            root: id,
+            nodes: BTreeMap::new(),
+            wildcards: BTreeSet::new(),
+        };
         self.bind(graph, id, &mut m).then_some(m)
     }
 
     fn bind<P: Payload>(&self, graph: &Graph<P>, id: NodeId, m: &mut Match) -> bool {
-        let Ok(node) = graph.node(id) else { return false };
+        let Ok(node) = graph.node(id) else {
+            return false;
+        };
         let Some(kind) = &self.kind else {
             m.nodes.insert(self.name.clone(), id);
             m.wildcards.insert(self.name.clone());
@@ -96,7 +118,10 @@ impl Pattern {
             return false;
         }
         // One graph node cannot play two non-wildcard roles in the same match.
-        if m.nodes.iter().any(|(n, &v)| v == id && !m.wildcards.contains(n)) {
+        if m.nodes
+            .iter()
+            .any(|(n, &v)| v == id && !m.wildcards.contains(n))
+        {
             return false;
         }
         if let Some(inputs) = &self.inputs {
@@ -130,7 +155,10 @@ impl Match {
 
     /// The node matched by the pattern node `name`.
     pub fn get(&self, name: &str) -> Result<NodeId> {
-        self.nodes.get(name).copied().ok_or_else(|| Error::NoSuchName(name.to_string()))
+        self.nodes
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::NoSuchName(name.to_string()))
     }
 
     /// All matched nodes by pattern name, wildcards included.
@@ -140,7 +168,11 @@ impl Match {
 
     /// The matched nodes that the replacement removes (everything but wildcards).
     pub fn inner(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|(n, _)| !self.wildcards.contains(*n)).map(|(_, &v)| v).collect()
+        self.nodes
+            .iter()
+            .filter(|(n, _)| !self.wildcards.contains(*n))
+            .map(|(_, &v)| v)
+            .collect()
     }
 
     /// True when an inner node other than the root is read outside the match or is a graph
@@ -149,7 +181,9 @@ impl Match {
         let inner: BTreeSet<NodeId> = self.inner().into_iter().collect();
         inner.iter().filter(|&&id| id != self.root).any(|&id| {
             graph.is_output(id)
-                || graph.users(id).map_or(true, |users| users.iter().any(|u| !inner.contains(u)))
+                || graph
+                    .users(id)
+                    .map_or(true, |users| users.iter().any(|u| !inner.contains(u)))
         })
     }
 }
@@ -176,7 +210,10 @@ pub struct PatternEngine<R> {
 
 impl<R> PatternEngine<R> {
     pub fn new(pattern: Pattern, replacement: R) -> Self {
-        PatternEngine { pattern, replacement }
+        PatternEngine {
+            pattern,
+            replacement,
+        }
     }
 
     pub fn pattern(&self) -> &Pattern {
@@ -205,7 +242,9 @@ impl<R> PatternEngine<R> {
             if let Ok(sub) = graph.subgraph_mut(id) {
                 changed |= self.apply_in(sub)?;
             }
-            let Some(m) = self.pattern.match_at(graph, id) else { continue };
+            let Some(m) = self.pattern.match_at(graph, id) else {
+                continue;
+            };
             if m.is_leaky(graph) {
                 continue;
             }

@@ -18,14 +18,24 @@ impl<P: Payload> Graph<P> {
     /// A table with one row per node: kind, qualified name, producers, users, summary. With
     /// `recursive`, sub-graph contents follow their sub-graph node, indented.
     pub fn table(&self, recursive: bool) -> String {
-        let mut rows = vec![["kind".to_string(), "name".into(), "inputs".into(), "users".into(), "summary".into()]];
+        let mut rows = vec![[
+            "kind".to_string(),
+            "name".into(),
+            "inputs".into(),
+            "users".into(),
+            "summary".into(),
+        ]];
         self.table_rows("", 0, recursive, &mut rows);
-        let widths: Vec<usize> =
-            (0..5).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> = (0..5)
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
         let mut out = String::new();
         for (i, row) in rows.iter().enumerate() {
-            let line: Vec<String> =
-                row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
             let _ = writeln!(out, "{}", line.join("  ").trim_end());
             if i == 0 {
                 let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
@@ -37,13 +47,20 @@ impl<P: Payload> Graph<P> {
 
     fn table_rows(&self, prefix: &str, depth: usize, recursive: bool, rows: &mut Vec<[String; 5]>) {
         let names = |ids: &[NodeId]| -> String {
-            ids.iter().filter_map(|&i| self.name_of(i).ok()).collect::<Vec<_>>().join(", ")
+            ids.iter()
+                .filter_map(|&i| self.name_of(i).ok())
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         for (id, node) in self.nodes() {
             let users = self.users(id).unwrap_or_default();
             let mut user_names = names(&users);
             if self.is_output(id) {
-                user_names = if user_names.is_empty() { "<output>".into() } else { user_names + ", <output>" };
+                user_names = if user_names.is_empty() {
+                    "<output>".into()
+                } else {
+                    user_names + ", <output>"
+                };
             }
             let summary = match &node.op {
                 Op::Cell(p) => p.summary(),
@@ -81,19 +98,43 @@ impl<P: Payload> Graph<P> {
             match (&node.op, options.expand_subgraphs) {
                 (Op::SubGraph { graph, kind }, true) => {
                     let inner = format!("{prefix}_{}", id.0);
-                    let _ = writeln!(out, "  subgraph \"cluster_{inner}\" {{\n  label=\"{} ({kind})\";", escape(&node.name));
+                    let _ = writeln!(
+                        out,
+                        "  subgraph \"cluster_{inner}\" {{\n  label=\"{} ({kind})\";",
+                        escape(&node.name)
+                    );
                     graph.dot_body(&inner, options, out);
                     out.push_str("  }\n");
                     // Wire this node's producers into the sub-graph's inputs.
-                    for (k, (&producer, &sub_in)) in node.inputs.iter().zip(&graph.inputs).enumerate() {
-                        let _ = writeln!(out, "  {} -> \"{inner}_{}\" [label=\"{k}\"];", dot_id(prefix, producer, self, options), sub_in.0);
+                    for (k, (&producer, &sub_in)) in
+                        node.inputs.iter().zip(&graph.inputs).enumerate()
+                    {
+                        let _ = writeln!(
+                            out,
+                            "  {} -> \"{inner}_{}\" [label=\"{k}\"];",
+                            dot_id(prefix, producer, self, options),
+                            sub_in.0
+                        );
                     }
                 }
                 _ => {
-                    let shape = if matches!(node.op, Op::Input { .. }) { ", shape=oval" } else { "" };
-                    let _ = writeln!(out, "  {me} [label=\"{}\\n{}\"{shape}];", escape(&node.name), escape(node.kind()));
+                    let shape = if matches!(node.op, Op::Input { .. }) {
+                        ", shape=oval"
+                    } else {
+                        ""
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  {me} [label=\"{}\\n{}\"{shape}];",
+                        escape(&node.name),
+                        escape(node.kind())
+                    );
                     for &producer in &node.inputs {
-                        let _ = writeln!(out, "  {} -> {me};", dot_id(prefix, producer, self, options));
+                        let _ = writeln!(
+                            out,
+                            "  {} -> {me};",
+                            dot_id(prefix, producer, self, options)
+                        );
                     }
                 }
             }
@@ -128,7 +169,12 @@ pub fn render_svg(dot_source: &str) -> std::io::Result<Vec<u8>> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run Graphviz `dot` ({e}); install graphviz or write DOT instead")))?;
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot run Graphviz `dot` ({e}); install graphviz or write DOT instead"),
+            )
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(dot_source.as_bytes())?;
     }

@@ -37,7 +37,11 @@ fn assert_consistent(g: &Graph<Toy>) {
         let node = g.node(id).unwrap();
         assert_eq!(g.get(node.name()), Some(id));
         for &p in node.inputs() {
-            assert!(order[..pos].contains(&p), "{} reads a later node", node.name());
+            assert!(
+                order[..pos].contains(&p),
+                "{} reads a later node",
+                node.name()
+            );
         }
     }
     for &o in g.graph_outputs() {
@@ -66,8 +70,17 @@ fn unique_names_are_generated() {
     let (mut g, [_, conv, ..]) = chain();
     assert_eq!(g.unique_name("conv"), "conv_1");
     assert_eq!(g.unique_name("fresh"), "fresh");
-    let a = g.insert(Position::After(conv), "conv", Op::Cell(Toy("Identity")), &[conv]).unwrap();
-    let b = g.insert(Position::After(a), "conv", Op::Cell(Toy("Identity")), &[a]).unwrap();
+    let a = g
+        .insert(
+            Position::After(conv),
+            "conv",
+            Op::Cell(Toy("Identity")),
+            &[conv],
+        )
+        .unwrap();
+    let b = g
+        .insert(Position::After(a), "conv", Op::Cell(Toy("Identity")), &[a])
+        .unwrap();
     assert_eq!(g.name_of(a).unwrap(), "conv_1");
     assert_eq!(g.name_of(b).unwrap(), "conv_2");
     assert_consistent(&g);
@@ -76,12 +89,21 @@ fn unique_names_are_generated() {
 #[test]
 fn insert_before_and_after() {
     let (mut g, [x, conv, bn, relu]) = chain();
-    let q = g.insert(g.after(conv), "fake_quant", Op::Cell(Toy("FakeQuant")), &[conv]).unwrap();
+    let q = g
+        .insert(
+            g.after(conv),
+            "fake_quant",
+            Op::Cell(Toy("FakeQuant")),
+            &[conv],
+        )
+        .unwrap();
     let rewired = g.replace_all_uses(conv, q).unwrap();
     assert_eq!(rewired, vec![bn]);
     assert_eq!(g.inputs_of(bn).unwrap(), &[q]);
     assert_eq!(g.inputs_of(q).unwrap(), &[conv]);
-    let pre = g.insert(g.before(conv), "pre", Op::Cell(Toy("Scale")), &[x]).unwrap();
+    let pre = g
+        .insert(g.before(conv), "pre", Op::Cell(Toy("Scale")), &[x])
+        .unwrap();
     g.set_input(conv, 0, pre).unwrap();
     assert_eq!(names(&g), ["x", "pre", "conv", "fake_quant", "bn", "relu"]);
     assert_eq!(g.graph_outputs(), &[relu]);
@@ -92,7 +114,9 @@ fn insert_before_and_after() {
 fn insert_that_reads_a_later_node_is_rejected() {
     let (mut g, [_, conv, _, relu]) = chain();
     let before = names(&g);
-    let err = g.insert(g.before(conv), "bad", Op::Cell(Toy("ReLU")), &[relu]).unwrap_err();
+    let err = g
+        .insert(g.before(conv), "bad", Op::Cell(Toy("ReLU")), &[relu])
+        .unwrap_err();
     assert!(matches!(err, Error::OrderViolation { .. }), "{err}");
     assert_eq!(names(&g), before);
 }
@@ -100,7 +124,9 @@ fn insert_that_reads_a_later_node_is_rejected() {
 #[test]
 fn erase_unused_node() {
     let (mut g, [_, conv, ..]) = chain();
-    let dead = g.insert(g.after(conv), "dead", Op::Cell(Toy("ReLU")), &[conv]).unwrap();
+    let dead = g
+        .insert(g.after(conv), "dead", Op::Cell(Toy("ReLU")), &[conv])
+        .unwrap();
     let node = g.erase(dead).unwrap();
     assert_eq!(node.name(), "dead");
     assert!(matches!(g.node(dead), Err(Error::NoSuchNode(_))));
@@ -112,7 +138,13 @@ fn erase_unused_node() {
 fn erase_with_users_is_an_error_and_changes_nothing() {
     let (mut g, [x, conv, _, relu]) = chain();
     let err = g.erase(conv).unwrap_err();
-    assert_eq!(err, Error::HasUsers { node: "conv".into(), users: vec!["bn".into()] });
+    assert_eq!(
+        err,
+        Error::HasUsers {
+            node: "conv".into(),
+            users: vec!["bn".into()]
+        }
+    );
     assert!(err.to_string().contains("still has users"));
     assert!(matches!(g.erase(relu), Err(Error::IsOutput(_))));
     assert!(matches!(g.erase(x), Err(Error::IsInput(_))));
@@ -123,8 +155,21 @@ fn erase_with_users_is_an_error_and_changes_nothing() {
 fn replace_one_by_one_keeps_name_and_users() {
     let (mut g, [_, conv, bn, _]) = chain();
     let x = g.graph_inputs()[0];
-    let new = g.replace(conv, vec![NewNode::cell("conv", Toy("QuantConv2d"), vec![Arg::Node(x)])]).unwrap();
-    assert_eq!(g.name_of(new[0]).unwrap(), "conv", "a replacement may keep the old name");
+    let new = g
+        .replace(
+            conv,
+            vec![NewNode::cell(
+                "conv",
+                Toy("QuantConv2d"),
+                vec![Arg::Node(x)],
+            )],
+        )
+        .unwrap();
+    assert_eq!(
+        g.name_of(new[0]).unwrap(),
+        "conv",
+        "a replacement may keep the old name"
+    );
     assert_eq!(g.node(new[0]).unwrap().kind(), "QuantConv2d");
     assert_eq!(g.inputs_of(bn).unwrap(), &[new[0]]);
     assert!(g.node(conv).is_err());
@@ -144,7 +189,10 @@ fn replace_one_by_many() {
             ],
         )
         .unwrap();
-    assert_eq!(names(&g), ["x", "quant_in", "conv", "quant_out", "bn", "relu"]);
+    assert_eq!(
+        names(&g),
+        ["x", "quant_in", "conv", "quant_out", "bn", "relu"]
+    );
     assert_eq!(g.inputs_of(bn).unwrap(), &[new[2]]);
     assert_eq!(g.inputs_of(new[1]).unwrap(), &[new[0]]);
     assert_consistent(&g);
@@ -153,7 +201,12 @@ fn replace_one_by_many() {
 #[test]
 fn replace_of_the_output_moves_the_output() {
     let (mut g, [_, _, bn, relu]) = chain();
-    let new = g.replace(relu, vec![NewNode::cell("relu6", Toy("ReLU6"), vec![Arg::Node(bn)])]).unwrap();
+    let new = g
+        .replace(
+            relu,
+            vec![NewNode::cell("relu6", Toy("ReLU6"), vec![Arg::Node(bn)])],
+        )
+        .unwrap();
     assert_eq!(g.graph_outputs(), &[new[0]]);
 }
 
@@ -162,12 +215,24 @@ fn replace_errors_leave_graph_intact() {
     let (mut g, [x, conv, bn, relu]) = chain();
     let before = names(&g);
     // Into a missing node.
-    let gone = g.insert(g.after(relu), "tmp", Op::Cell(Toy("ReLU")), &[relu]).unwrap();
+    let gone = g
+        .insert(g.after(relu), "tmp", Op::Cell(Toy("ReLU")), &[relu])
+        .unwrap();
     g.erase(gone).unwrap();
-    let err = g.replace(gone, vec![NewNode::cell("n", Toy("ReLU"), vec![Arg::Node(x)])]).unwrap_err();
+    let err = g
+        .replace(
+            gone,
+            vec![NewNode::cell("n", Toy("ReLU"), vec![Arg::Node(x)])],
+        )
+        .unwrap_err();
     assert_eq!(err, Error::NoSuchNode(gone));
     // A new node reading a node after the replaced one (would be a cycle).
-    let err = g.replace(conv, vec![NewNode::cell("n", Toy("ReLU"), vec![Arg::Node(bn)])]).unwrap_err();
+    let err = g
+        .replace(
+            conv,
+            vec![NewNode::cell("n", Toy("ReLU"), vec![Arg::Node(bn)])],
+        )
+        .unwrap_err();
     assert!(matches!(err, Error::OrderViolation { .. }));
     // A forward reference among new nodes, after a valid first node: nothing is half-applied.
     let err = g
@@ -179,9 +244,21 @@ fn replace_errors_leave_graph_intact() {
             ],
         )
         .unwrap_err();
-    assert_eq!(err, Error::BadNewNodeRef { index: 1, refers: 1 });
-    assert!(matches!(g.replace(conv, vec![]), Err(Error::EmptyReplacement(_))));
-    assert!(matches!(g.replace(x, vec![NewNode::cell("n", Toy("ReLU"), vec![])]), Err(Error::IsInput(_))));
+    assert_eq!(
+        err,
+        Error::BadNewNodeRef {
+            index: 1,
+            refers: 1
+        }
+    );
+    assert!(matches!(
+        g.replace(conv, vec![]),
+        Err(Error::EmptyReplacement(_))
+    ));
+    assert!(matches!(
+        g.replace(x, vec![NewNode::cell("n", Toy("ReLU"), vec![])]),
+        Err(Error::IsInput(_))
+    ));
     assert_eq!(names(&g), before);
     assert_eq!(g.inputs_of(bn).unwrap(), &[conv]);
     assert_consistent(&g);
@@ -193,8 +270,18 @@ fn set_input_rewires_and_checks() {
     g.set_input(relu, 0, conv).unwrap(); // skip bn
     assert_eq!(g.users(bn).unwrap(), Vec::<NodeId>::new());
     assert_eq!(g.users(conv).unwrap(), vec![bn, relu]);
-    assert!(matches!(g.set_input(relu, 3, x), Err(Error::ArgOutOfRange { index: 3, count: 1, .. })));
-    assert!(matches!(g.set_input(conv, 0, relu), Err(Error::OrderViolation { .. })));
+    assert!(matches!(
+        g.set_input(relu, 3, x),
+        Err(Error::ArgOutOfRange {
+            index: 3,
+            count: 1,
+            ..
+        })
+    ));
+    assert!(matches!(
+        g.set_input(conv, 0, relu),
+        Err(Error::OrderViolation { .. })
+    ));
     assert_eq!(g.inputs_of(conv).unwrap(), &[x]);
     g.erase(bn).unwrap();
     assert_consistent(&g);
@@ -205,7 +292,10 @@ fn set_output_and_errors() {
     let (mut g, [_, conv, bn, _]) = chain();
     g.set_output(0, bn).unwrap();
     assert_eq!(g.graph_outputs(), &[bn]);
-    assert!(matches!(g.set_output(1, conv), Err(Error::OutputOutOfRange { index: 1, count: 1 })));
+    assert!(matches!(
+        g.set_output(1, conv),
+        Err(Error::OutputOutOfRange { index: 1, count: 1 })
+    ));
     g.set_outputs(&[bn, conv]).unwrap();
     assert_eq!(g.graph_outputs(), &[bn, conv]);
 }
@@ -214,7 +304,10 @@ fn set_output_and_errors() {
 fn attributes_are_free_form() {
     let (mut g, [_, conv, ..]) = chain();
     let node = g.node_mut(conv).unwrap();
-    node.set_attr("layer_quant_policy", serde_json::json!({"weight_bits": 4, "group": 64}));
+    node.set_attr(
+        "layer_quant_policy",
+        serde_json::json!({"weight_bits": 4, "group": 64}),
+    );
     node.set_attr("frozen", true);
     let node = g.node(conv).unwrap();
     assert_eq!(node.attr("layer_quant_policy").unwrap()["weight_bits"], 4);
@@ -235,7 +328,9 @@ fn with_block() -> Graph<Toy> {
     let mut g = Graph::new();
     let x = g.add_input("x");
     let stem = g.add_cell("stem", Toy("Conv2d"), &[x]).unwrap();
-    let b = g.add_subgraph("layer1.0", "BasicBlock", block, &[stem]).unwrap();
+    let b = g
+        .add_subgraph("layer1.0", "BasicBlock", block, &[stem])
+        .unwrap();
     let head = g.add_cell("head", Toy("Linear"), &[b]).unwrap();
     g.set_outputs(&[head]).unwrap();
     g
@@ -249,17 +344,39 @@ fn subgraphs_are_iterated_resolved_and_edited() {
     let all: Vec<String> = g.nodes_recursive().into_iter().map(|(q, _)| q).collect();
     assert_eq!(
         all,
-        ["x", "stem", "layer1.0", "layer1.0.x", "layer1.0.conv1", "layer1.0.relu", "layer1.0.conv2", "layer1.0.add", "head"]
+        [
+            "x",
+            "stem",
+            "layer1.0",
+            "layer1.0.x",
+            "layer1.0.conv1",
+            "layer1.0.relu",
+            "layer1.0.conv2",
+            "layer1.0.add",
+            "head"
+        ]
     );
     let path = g.resolve("layer1.0.conv2").unwrap();
     assert_eq!(path.len(), 2);
     let block = g.find("layer1.0").unwrap();
-    assert!(matches!(g.subgraph_mut(g.find("head").unwrap()), Err(Error::NotSubGraph(_))));
+    assert!(matches!(
+        g.subgraph_mut(g.find("head").unwrap()),
+        Err(Error::NotSubGraph(_))
+    ));
     let sub = g.subgraph_mut(block).unwrap();
     let relu = sub.find("relu").unwrap();
     let c1 = sub.find("conv1").unwrap();
-    sub.replace(relu, vec![NewNode::cell("relu", Toy("ReLU6"), vec![Arg::Node(c1)])]).unwrap();
-    let kinds: Vec<String> = g.subgraph(block).unwrap().nodes().map(|(_, n)| n.kind().to_string()).collect();
+    sub.replace(
+        relu,
+        vec![NewNode::cell("relu", Toy("ReLU6"), vec![Arg::Node(c1)])],
+    )
+    .unwrap();
+    let kinds: Vec<String> = g
+        .subgraph(block)
+        .unwrap()
+        .nodes()
+        .map(|(_, n)| n.kind().to_string())
+        .collect();
     assert_eq!(kinds, ["Input", "Conv2d", "ReLU6", "Conv2d", "Add"]);
 }
 
@@ -272,7 +389,14 @@ fn subgraph_arity_is_checked() {
     let sx = sub.add_input("x");
     sub.set_outputs(&[sx]).unwrap();
     let err = g.add_subgraph("s", "Block", sub, &[x, y]).unwrap_err();
-    assert_eq!(err, Error::SubGraphArity { node: "s".into(), given: 2, expected: 1 });
+    assert_eq!(
+        err,
+        Error::SubGraphArity {
+            node: "s".into(),
+            given: 2,
+            expected: 1
+        }
+    );
 }
 
 #[test]
@@ -294,14 +418,25 @@ fn table_and_dot_show_every_node() {
     let g = with_block();
     let table = g.table(true);
     let header = table.lines().next().unwrap();
-    assert!(header.starts_with("kind") && header.contains("users"), "{table}");
+    assert!(
+        header.starts_with("kind") && header.contains("users"),
+        "{table}"
+    );
     assert!(table.contains("layer1.0.conv2"), "{table}");
     let head_row = table.lines().find(|l| l.starts_with("Linear")).unwrap();
-    assert!(head_row.contains("<output>") && head_row.contains("head"), "{head_row}");
+    assert!(
+        head_row.contains("<output>") && head_row.contains("head"),
+        "{head_row}"
+    );
     let flat = g.table(false);
     assert!(!flat.contains("layer1.0.conv2"));
-    let dot = g.to_dot(&DotOptions { expand_subgraphs: true });
-    assert!(dot.starts_with("digraph") && dot.contains("cluster_") && dot.contains("conv2\\nConv2d"), "{dot}");
+    let dot = g.to_dot(&DotOptions {
+        expand_subgraphs: true,
+    });
+    assert!(
+        dot.starts_with("digraph") && dot.contains("cluster_") && dot.contains("conv2\\nConv2d"),
+        "{dot}"
+    );
     let boxes = g.to_dot(&DotOptions::default());
     assert!(!boxes.contains("cluster_") && boxes.contains("layer1.0\\nBasicBlock"));
 }

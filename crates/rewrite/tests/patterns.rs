@@ -20,7 +20,11 @@ fn fuse(graph: &Graph<Toy>, m: &Match) -> gstick_rewrite::Result<Vec<NewNode<Toy
     let conv = m.get("Conv2d")?;
     let input = graph.inputs_of(conv)?[0];
     let name = graph.name_of(conv)?.to_string();
-    Ok(vec![NewNode::cell(name, toy("ConvBn"), vec![Arg::Node(input)])])
+    Ok(vec![NewNode::cell(
+        name,
+        toy("ConvBn"),
+        vec![Arg::Node(input)],
+    )])
 }
 
 fn kinds(g: &Graph<Toy>) -> Vec<String> {
@@ -32,7 +36,9 @@ fn two_blocks() -> Graph<Toy> {
     let mut g = Graph::new();
     let mut prev = g.add_input("x");
     for kind in ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d"] {
-        prev = g.add_cell(&kind.to_lowercase(), toy(kind), &[prev]).unwrap();
+        prev = g
+            .add_cell(&kind.to_lowercase(), toy(kind), &[prev])
+            .unwrap();
     }
     g.set_outputs(&[prev]).unwrap();
     g
@@ -88,7 +94,10 @@ fn inner_node_that_is_a_graph_output_is_leaky() {
     let engine = PatternEngine::new(Pattern::chain(&["Conv2d", "BatchNorm2d"]), fuse);
     assert!(engine.apply(&mut g).unwrap());
     // Only the second pair is fused; the first conv is an output.
-    assert_eq!(kinds(&g), ["Input", "Conv2d", "BatchNorm2d", "ReLU", "ConvBn"]);
+    assert_eq!(
+        kinds(&g),
+        ["Input", "Conv2d", "BatchNorm2d", "ReLU", "ConvBn"]
+    );
 }
 
 #[test]
@@ -113,7 +122,11 @@ fn tree_pattern_with_wildcards() {
     assert!(pattern.match_at(&g, other).is_none());
     let engine = PatternEngine::new(pattern, |g: &Graph<Toy>, m: &Match| {
         let _ = g;
-        Ok(vec![NewNode::cell("add_relu", toy("AddRelu"), vec![Arg::Node(m.get("a")?), Arg::Node(m.get("b")?)])])
+        Ok(vec![NewNode::cell(
+            "add_relu",
+            toy("AddRelu"),
+            vec![Arg::Node(m.get("a")?), Arg::Node(m.get("b")?)],
+        )])
     });
     assert!(engine.apply(&mut g).unwrap());
     assert_eq!(kinds(&g), ["Input", "Input", "AddRelu", "Add", "Concat"]);
@@ -139,13 +152,18 @@ fn applies_inside_subgraphs() {
     let inner = two_blocks();
     let mut g = Graph::new();
     let x = g.add_input("x");
-    let b0 = g.add_subgraph("block0", "Block", inner.clone(), &[x]).unwrap();
+    let b0 = g
+        .add_subgraph("block0", "Block", inner.clone(), &[x])
+        .unwrap();
     let b1 = g.add_subgraph("block1", "Block", inner, &[b0]).unwrap();
     g.set_outputs(&[b1]).unwrap();
     let engine = PatternEngine::new(Pattern::chain(&["Conv2d", "BatchNorm2d"]), fuse);
     assert!(engine.apply(&mut g).unwrap());
     for b in [b0, b1] {
-        assert_eq!(kinds(g.subgraph(b).unwrap()), ["Input", "ConvBn", "ReLU", "ConvBn"]);
+        assert_eq!(
+            kinds(g.subgraph(b).unwrap()),
+            ["Input", "ConvBn", "ReLU", "ConvBn"]
+        );
     }
 }
 
@@ -154,23 +172,39 @@ fn failing_replacement_leaves_graph_intact() {
     // The first match is replaced, then the second fails: the whole apply is rolled back.
     let mut g = two_blocks();
     let calls = std::cell::Cell::new(0);
-    let engine = PatternEngine::new(Pattern::chain(&["Conv2d", "BatchNorm2d"]), |g: &Graph<Toy>, m: &Match| {
-        calls.set(calls.get() + 1);
-        if calls.get() == 2 {
-            return Err(Error::Replacement("cannot fold this one".into()));
-        }
-        fuse(g, m)
-    });
+    let engine = PatternEngine::new(
+        Pattern::chain(&["Conv2d", "BatchNorm2d"]),
+        |g: &Graph<Toy>, m: &Match| {
+            calls.set(calls.get() + 1);
+            if calls.get() == 2 {
+                return Err(Error::Replacement("cannot fold this one".into()));
+            }
+            fuse(g, m)
+        },
+    );
     let err = engine.apply(&mut g).unwrap_err();
     assert_eq!(err, Error::Replacement("cannot fold this one".into()));
     assert_eq!(calls.get(), 2);
-    assert_eq!(kinds(&g), ["Input", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d"]);
+    assert_eq!(
+        kinds(&g),
+        [
+            "Input",
+            "Conv2d",
+            "BatchNorm2d",
+            "ReLU",
+            "Conv2d",
+            "BatchNorm2d"
+        ]
+    );
 }
 
 #[test]
 fn empty_replacement_skips_the_match() {
     let mut g = two_blocks();
-    let engine = PatternEngine::new(Pattern::chain(&["Conv2d", "BatchNorm2d"]), |_: &Graph<Toy>, _: &Match| Ok(vec![]));
+    let engine = PatternEngine::new(
+        Pattern::chain(&["Conv2d", "BatchNorm2d"]),
+        |_: &Graph<Toy>, _: &Match| Ok(vec![]),
+    );
     assert!(!engine.apply(&mut g).unwrap());
     assert_eq!(g.len(), 6);
 }
@@ -184,6 +218,6 @@ fn pattern_from_node_matches_its_source() {
     let m = p.match_at(&g, relu).unwrap();
     let ids: Vec<NodeId> = m.inner();
     assert_eq!(ids.len(), 3); // relu, bn, conv (x is a wildcard)
-    // It does not match elsewhere: the second BN is not a ReLU.
+                              // It does not match elsewhere: the second BN is not a ReLU.
     assert!(p.match_at(&g, g.graph_outputs()[0]).is_none());
 }

@@ -8,7 +8,9 @@ use crate::{Cell, CellCtx, Result};
 pub enum ActivationKind {
     Relu,
     Relu6,
-    LeakyRelu { slope: f64 },
+    LeakyRelu {
+        slope: f64,
+    },
     Sigmoid,
     /// relu6(x + 3) / 6
     HSigmoid,
@@ -17,7 +19,9 @@ pub enum ActivationKind {
     /// The exact (erf) GELU, PyTorch's default.
     Gelu,
     Silu,
-    Softmax { dim: usize },
+    Softmax {
+        dim: usize,
+    },
 }
 
 /// A cell applying one [`ActivationKind`].

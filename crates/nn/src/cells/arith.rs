@@ -2,10 +2,22 @@ use candle_core::Tensor;
 
 use crate::{Cell, CellCtx, Error, Result};
 
-fn fold(kind: &'static str, inputs: &[Tensor], op: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>) -> Result<Tensor> {
-    let (first, rest) = inputs.split_first().ok_or(Error::Arity { kind, expected: "2 or more".into(), got: 0 })?;
+fn fold(
+    kind: &'static str,
+    inputs: &[Tensor],
+    op: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Tensor> {
+    let (first, rest) = inputs.split_first().ok_or(Error::Arity {
+        kind,
+        expected: "2 or more".into(),
+        got: 0,
+    })?;
     if rest.is_empty() {
-        return Err(Error::Arity { kind, expected: "2 or more".into(), got: 1 });
+        return Err(Error::Arity {
+            kind,
+            expected: "2 or more".into(),
+            got: 1,
+        });
     }
     let mut acc = first.clone();
     for t in rest {

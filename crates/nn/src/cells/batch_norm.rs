@@ -56,18 +56,29 @@ impl Cell for BatchNorm2d {
             Mode::Train => {
                 let mean = x.mean_keepdim(3)?.mean_keepdim(2)?.mean_keepdim(0)?;
                 let centered = x.broadcast_sub(&mean)?;
-                let var = centered.sqr()?.mean_keepdim(3)?.mean_keepdim(2)?.mean_keepdim(0)?;
+                let var = centered
+                    .sqr()?
+                    .mean_keepdim(3)?
+                    .mean_keepdim(2)?
+                    .mean_keepdim(0)?;
                 let n = (x.elem_count() / c) as f64;
                 let m = self.momentum;
                 let batch_mean = mean.detach().flatten_all()?;
                 let unbiased = (var.detach().flatten_all()? * (n / (n - 1.0).max(1.0)))?;
-                self.running_mean.set(&((self.running_mean.tensor() * (1.0 - m))? + (batch_mean * m)?)?)?;
-                self.running_var.set(&((self.running_var.tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+                self.running_mean
+                    .set(&((self.running_mean.tensor() * (1.0 - m))? + (batch_mean * m)?)?)?;
+                self.running_var
+                    .set(&((self.running_var.tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
                 (mean, var)
             }
-            Mode::Eval => (per_channel(self.running_mean.tensor())?, per_channel(self.running_var.tensor())?),
+            Mode::Eval => (
+                per_channel(self.running_mean.tensor())?,
+                per_channel(self.running_var.tensor())?,
+            ),
         };
-        let normalized = x.broadcast_sub(&mean)?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let normalized = x
+            .broadcast_sub(&mean)?
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?;
         Ok(normalized
             .broadcast_mul(&per_channel(&self.weight.value())?)?
             .broadcast_add(&per_channel(&self.bias.value())?)?)
@@ -92,6 +103,11 @@ impl Cell for BatchNorm2d {
     }
 
     fn summary(&self) -> String {
-        format!("{} channels, eps {}, momentum {}", self.channels(), self.eps, self.momentum)
+        format!(
+            "{} channels, eps {}, momentum {}",
+            self.channels(),
+            self.eps,
+            self.momentum
+        )
     }
 }

@@ -1,9 +1,9 @@
 use candle_core::Tensor;
 
 use crate::error::expect_inputs;
+use crate::init::{default_bound, uniform};
 use crate::kernels::channel_bias::add_channel_bias;
 use crate::kernels::conv2d::{conv2d, ConvGeom};
-use crate::init::{default_bound, uniform};
 use crate::{Cell, CellCtx, Error, Param, Result, Rng};
 
 /// Geometry of a 2-D convolution (symmetric padding).
@@ -17,7 +17,12 @@ pub struct Conv2dConfig {
 
 impl Default for Conv2dConfig {
     fn default() -> Self {
-        Conv2dConfig { stride: 1, padding: 0, dilation: 1, groups: 1 }
+        Conv2dConfig {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+        }
     }
 }
 
@@ -39,27 +44,55 @@ impl Conv2d {
         bias: bool,
         rng: &mut Rng,
     ) -> Result<Self> {
-        if config.groups == 0 || in_channels % config.groups != 0 || out_channels % config.groups != 0 {
+        if config.groups == 0
+            || !in_channels.is_multiple_of(config.groups)
+            || !out_channels.is_multiple_of(config.groups)
+        {
             return Err(Error::Config(format!(
                 "Conv2d: groups {} must divide in_channels {in_channels} and out_channels {out_channels}",
                 config.groups
             )));
         }
         if config.stride == 0 || config.dilation == 0 {
-            return Err(Error::Config("Conv2d: stride and dilation must be at least 1".into()));
+            return Err(Error::Config(
+                "Conv2d: stride and dilation must be at least 1".into(),
+            ));
         }
         let fan_in = in_channels / config.groups * kernel * kernel;
         let bound = default_bound(fan_in);
-        let weight = uniform(&[out_channels, in_channels / config.groups, kernel, kernel], bound, rng)?;
-        let bias = if bias { Some(Param::weight(uniform(&[out_channels], bound, rng)?)?) } else { None };
-        Ok(Conv2d { weight: Param::weight(weight)?, bias, config })
+        let weight = uniform(
+            &[out_channels, in_channels / config.groups, kernel, kernel],
+            bound,
+            rng,
+        )?;
+        let bias = if bias {
+            Some(Param::weight(uniform(&[out_channels], bound, rng)?)?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight: Param::weight(weight)?,
+            bias,
+            config,
+        })
     }
 
-    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Result<Self> {
+    pub fn from_tensors(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        config: Conv2dConfig,
+    ) -> Result<Self> {
         if weight.rank() != 4 {
-            return Err(Error::Config(format!("Conv2d weight must be 4-D, got shape {:?}", weight.dims())));
+            return Err(Error::Config(format!(
+                "Conv2d weight must be 4-D, got shape {:?}",
+                weight.dims()
+            )));
         }
-        Ok(Conv2d { weight: Param::weight(weight)?, bias: bias.map(Param::weight).transpose()?, config })
+        Ok(Conv2d {
+            weight: Param::weight(weight)?,
+            bias: bias.map(Param::weight).transpose()?,
+            config,
+        })
     }
 
     pub fn out_channels(&self) -> usize {
@@ -75,7 +108,12 @@ impl Cell for Conv2d {
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
         expect_inputs("Conv2d", inputs, 1)?;
         let c = self.config;
-        let geom = ConvGeom { stride: c.stride, padding: c.padding, dilation: c.dilation, groups: c.groups };
+        let geom = ConvGeom {
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
+            groups: c.groups,
+        };
         let y = conv2d(&inputs[0], &self.weight.value(), geom)?;
         Ok(match &self.bias {
             Some(b) => add_channel_bias(&y, &b.value())?,
@@ -100,7 +138,14 @@ impl Cell for Conv2d {
         let c = self.config;
         format!(
             "{}->{} k{}x{} s{} p{} d{} g{}{}",
-            d[1] * c.groups, d[0], d[2], d[3], c.stride, c.padding, c.dilation, c.groups,
+            d[1] * c.groups,
+            d[0],
+            d[2],
+            d[3],
+            c.stride,
+            c.padding,
+            c.dilation,
+            c.groups,
             if self.bias.is_some() { "" } else { " no bias" }
         )
     }

@@ -14,7 +14,9 @@ pub struct Dropout {
 impl Dropout {
     pub fn new(p: f64) -> Result<Self> {
         if !(0.0..1.0).contains(&p) {
-            return Err(Error::Config(format!("Dropout probability must be in [0, 1), got {p}")));
+            return Err(Error::Config(format!(
+                "Dropout probability must be in [0, 1), got {p}"
+            )));
         }
         Ok(Dropout { p })
     }
@@ -33,8 +35,15 @@ impl Cell for Dropout {
         }
         let keep = 1.0 - self.p;
         let scale = (1.0 / keep) as f32;
-        let mask: Vec<f32> =
-            (0..x.elem_count()).map(|_| if ctx.rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if ctx.rng.random::<f64>() < keep {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok((x * mask)?)
     }

@@ -11,7 +11,9 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn from_tensor(weight: Tensor) -> Result<Self> {
-        Ok(Embedding { weight: Param::weight(weight)? })
+        Ok(Embedding {
+            weight: Param::weight(weight)?,
+        })
     }
 }
 

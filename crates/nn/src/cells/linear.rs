@@ -16,12 +16,19 @@ impl Linear {
     pub fn new(in_features: usize, out_features: usize, bias: bool, rng: &mut Rng) -> Result<Self> {
         let bound = default_bound(in_features);
         let weight = Param::weight(uniform(&[out_features, in_features], bound, rng)?)?;
-        let bias = if bias { Some(Param::weight(uniform(&[out_features], bound, rng)?)?) } else { None };
+        let bias = if bias {
+            Some(Param::weight(uniform(&[out_features], bound, rng)?)?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 
     pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Linear { weight: Param::weight(weight)?, bias: bias.map(Param::weight).transpose()? })
+        Ok(Linear {
+            weight: Param::weight(weight)?,
+            bias: bias.map(Param::weight).transpose()?,
+        })
     }
 
     pub fn in_features(&self) -> usize {
@@ -71,6 +78,11 @@ impl Cell for Linear {
     }
 
     fn summary(&self) -> String {
-        format!("{} -> {}{}", self.in_features(), self.out_features(), if self.bias.is_some() { "" } else { ", no bias" })
+        format!(
+            "{} -> {}{}",
+            self.in_features(),
+            self.out_features(),
+            if self.bias.is_some() { "" } else { ", no bias" }
+        )
     }
 }

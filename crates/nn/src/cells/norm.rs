@@ -22,7 +22,11 @@ impl LayerNorm {
     }
 
     pub fn from_tensors(weight: Tensor, bias: Tensor, eps: f64) -> Result<Self> {
-        Ok(LayerNorm { weight: Param::weight(weight)?, bias: Param::weight(bias)?, eps })
+        Ok(LayerNorm {
+            weight: Param::weight(weight)?,
+            bias: Param::weight(bias)?,
+            eps,
+        })
     }
 }
 
@@ -37,7 +41,8 @@ impl Cell for LayerNorm {
         let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let y = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(y.broadcast_mul(&self.weight.value())?.broadcast_add(&self.bias.value())?)
+        Ok(y.broadcast_mul(&self.weight.value())?
+            .broadcast_add(&self.bias.value())?)
     }
 
     fn params(&self) -> Vec<(&'static str, &Param)> {
@@ -49,7 +54,11 @@ impl Cell for LayerNorm {
     }
 
     fn summary(&self) -> String {
-        format!("{} features, eps {}", self.weight.tensor().elem_count(), self.eps)
+        format!(
+            "{} features, eps {}",
+            self.weight.tensor().elem_count(),
+            self.eps
+        )
     }
 }
 
@@ -62,11 +71,17 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn new(dim: usize, eps: f64) -> Result<Self> {
-        Ok(RmsNorm { weight: Param::weight(Tensor::ones(dim, DType::F32, &Device::Cpu)?)?, eps })
+        Ok(RmsNorm {
+            weight: Param::weight(Tensor::ones(dim, DType::F32, &Device::Cpu)?)?,
+            eps,
+        })
     }
 
     pub fn from_tensor(weight: Tensor, eps: f64) -> Result<Self> {
-        Ok(RmsNorm { weight: Param::weight(weight)?, eps })
+        Ok(RmsNorm {
+            weight: Param::weight(weight)?,
+            eps,
+        })
     }
 }
 
@@ -91,6 +106,10 @@ impl Cell for RmsNorm {
     }
 
     fn summary(&self) -> String {
-        format!("{} features, eps {}", self.weight.tensor().elem_count(), self.eps)
+        format!(
+            "{} features, eps {}",
+            self.weight.tensor().elem_count(),
+            self.eps
+        )
     }
 }

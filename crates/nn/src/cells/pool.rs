@@ -28,11 +28,21 @@ impl Pool2d {
                 "pooling needs kernel >= 1, stride >= 1 and padding <= kernel / 2 (kernel {kernel}, stride {stride}, padding {padding})"
             )));
         }
-        Ok(Pool2d { kind, kernel, stride, padding })
+        Ok(Pool2d {
+            kind,
+            kernel,
+            stride,
+            padding,
+        })
     }
 
     pub fn max(kernel: usize, stride: usize) -> Self {
-        Pool2d { kind: PoolKind::Max, kernel, stride, padding: 0 }
+        Pool2d {
+            kind: PoolKind::Max,
+            kernel,
+            stride,
+            padding: 0,
+        }
     }
 }
 
@@ -48,14 +58,31 @@ impl Cell for Pool2d {
         expect_inputs(self.kind(), inputs, 1)?;
         let x = &inputs[0];
         Ok(match self.kind {
-            PoolKind::Max => max_pool2d(x, PoolGeom { kernel: self.kernel, stride: self.stride, padding: self.padding })?,
+            PoolKind::Max => max_pool2d(
+                x,
+                PoolGeom {
+                    kernel: self.kernel,
+                    stride: self.stride,
+                    padding: self.padding,
+                },
+            )?,
             // A depthwise convolution with weights 1/k^2: differentiable for any stride
             // (candle's own average pool has no backward unless kernel == stride).
             PoolKind::Avg => {
                 let c = x.dim(1)?;
-                let weight = (Tensor::ones((c, 1, self.kernel, self.kernel), x.dtype(), x.device())?
-                    / (self.kernel * self.kernel) as f64)?;
-                conv2d(x, &weight, ConvGeom { stride: self.stride, padding: self.padding, dilation: 1, groups: c })?
+                let weight =
+                    (Tensor::ones((c, 1, self.kernel, self.kernel), x.dtype(), x.device())?
+                        / (self.kernel * self.kernel) as f64)?;
+                conv2d(
+                    x,
+                    &weight,
+                    ConvGeom {
+                        stride: self.stride,
+                        padding: self.padding,
+                        dilation: 1,
+                        groups: c,
+                    },
+                )?
             }
         })
     }

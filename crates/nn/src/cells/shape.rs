@@ -53,7 +53,7 @@ impl Reshape {
         let total: usize = input.iter().product();
         let known: usize = dims.iter().product();
         if let Some(i) = infer {
-            if known == 0 || total % known != 0 {
+            if known == 0 || !total.is_multiple_of(known) {
                 return Err(bad());
             }
             dims[i] = total / known;
@@ -91,7 +91,11 @@ impl Cell for Concat {
     }
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
         if inputs.is_empty() {
-            return Err(Error::Arity { kind: "Concat", expected: "1 or more".into(), got: 0 });
+            return Err(Error::Arity {
+                kind: "Concat",
+                expected: "1 or more".into(),
+                got: 0,
+            });
         }
         Ok(Tensor::cat(inputs, self.dim)?)
     }

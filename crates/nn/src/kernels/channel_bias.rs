@@ -8,7 +8,9 @@ use super::{contiguous, Elem};
 fn split(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
     match l.dims() {
         [n, c, rest @ ..] => Ok((*n, *c, rest.iter().product())),
-        other => Err(candle_core::Error::Msg(format!("channel bias needs (N, C, ...) input, got {other:?}"))),
+        other => Err(candle_core::Error::Msg(format!(
+            "channel bias needs (N, C, ...) input, got {other:?}"
+        ))),
     }
 }
 
@@ -42,19 +44,42 @@ impl CustomOp2 for ChannelBias {
     fn name(&self) -> &'static str {
         "gstick-channel-bias"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, c, inner) = split(l1)?;
         if l2.dims() != [c] {
-            return Err(candle_core::Error::Msg(format!("bias of shape {:?} for {c} channels", l2.dims())));
+            return Err(candle_core::Error::Msg(format!(
+                "bias of shape {:?} for {c} channels",
+                l2.dims()
+            )));
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(b)) => CpuStorage::F32(add(contiguous(x, l1)?, contiguous(b, l2)?, c, inner)),
-            (CpuStorage::F64(x), CpuStorage::F64(b)) => CpuStorage::F64(add(contiguous(x, l1)?, contiguous(b, l2)?, c, inner)),
-            _ => return Err(candle_core::Error::Msg("channel bias supports f32 and f64".into())),
+            (CpuStorage::F32(x), CpuStorage::F32(b)) => {
+                CpuStorage::F32(add(contiguous(x, l1)?, contiguous(b, l2)?, c, inner))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(b)) => {
+                CpuStorage::F64(add(contiguous(x, l1)?, contiguous(b, l2)?, c, inner))
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "channel bias supports f32 and f64".into(),
+                ))
+            }
         };
         Ok((out, l1.shape().clone()))
     }
-    fn bwd(&self, _x: &Tensor, _b: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let db = dy.contiguous()?.apply_op1_no_bwd(&ChannelSums)?;
         Ok((Some(dy.clone()), Some(db)))
     }
@@ -69,7 +94,11 @@ impl CustomOp1 for ChannelSums {
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(channel_sums(contiguous(v, l)?, c, inner)),
             CpuStorage::F64(v) => CpuStorage::F64(channel_sums(contiguous(v, l)?, c, inner)),
-            _ => return Err(candle_core::Error::Msg("channel sums support f32 and f64".into())),
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "channel sums support f32 and f64".into(),
+                ))
+            }
         };
         Ok((out, Shape::from(c)))
     }

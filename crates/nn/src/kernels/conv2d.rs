@@ -38,7 +38,9 @@ impl Dims {
     fn new(x: &[usize], k: &[usize], g: ConvGeom) -> candle_core::Result<Self> {
         let bad = |m: String| candle_core::Error::Msg(m);
         let (&[n, c, h, w], &[o, cg, kh, kw]) = (x, k) else {
-            return Err(bad(format!("conv2d needs NCHW input and OIHW weight, got {x:?} and {k:?}")));
+            return Err(bad(format!(
+                "conv2d needs NCHW input and OIHW weight, got {x:?} and {k:?}"
+            )));
         };
         if g.groups == 0 || c != cg * g.groups || o % g.groups != 0 {
             return Err(bad(format!(
@@ -49,12 +51,28 @@ impl Dims {
         }
         let span = |size: usize, k: usize| -> Option<usize> {
             let eff = g.dilation * (k - 1) + 1;
-            (size + 2 * g.padding).checked_sub(eff).map(|v| v / g.stride + 1)
+            (size + 2 * g.padding)
+                .checked_sub(eff)
+                .map(|v| v / g.stride + 1)
         };
         let (Some(oh), Some(ow)) = (span(h, kh), span(w, kw)) else {
-            return Err(bad(format!("conv2d: kernel {kh}x{kw} does not fit input {h}x{w} with padding {}", g.padding)));
+            return Err(bad(format!(
+                "conv2d: kernel {kh}x{kw} does not fit input {h}x{w} with padding {}",
+                g.padding
+            )));
         };
-        Ok(Dims { n, c, h, w, o, kh, kw, oh, ow, g })
+        Ok(Dims {
+            n,
+            c,
+            h,
+            w,
+            o,
+            kh,
+            kw,
+            oh,
+            ow,
+            g,
+        })
     }
     fn cg(&self) -> usize {
         self.c / self.g.groups
@@ -78,7 +96,11 @@ impl Dims {
 fn valid_columns(d: &Dims, offset: isize) -> std::ops::Range<usize> {
     let (s, p) = (d.g.stride as isize, d.g.padding as isize);
     // First ox with ox*s - p + offset >= 0, and first ox with ox*s - p + offset >= w.
-    let first = |bound: isize| -> usize { ((bound + p - offset).max(0) as usize).div_ceil(s as usize).min(d.ow) };
+    let first = |bound: isize| -> usize {
+        ((bound + p - offset).max(0) as usize)
+            .div_ceil(s as usize)
+            .min(d.ow)
+    };
     first(0)..first(d.w as isize)
 }
 
@@ -106,7 +128,8 @@ fn im2col<T: Elem>(img: &[T], d: &Dims, c0: usize, cols: &mut [T]) {
                     dst[valid.end..].fill(T::default());
                     let x0 = (valid.start * s) as isize - p + offset;
                     if s == 1 {
-                        dst[valid.clone()].copy_from_slice(&src[x0 as usize..x0 as usize + valid.len()]);
+                        dst[valid.clone()]
+                            .copy_from_slice(&src[x0 as usize..x0 as usize + valid.len()]);
                     } else {
                         for (k, v) in dst[valid.clone()].iter_mut().enumerate() {
                             *v = src[x0 as usize + k * s];
@@ -163,7 +186,24 @@ unsafe fn matmul<T: Elem>(
     b: (*const T, isize, isize),
 ) {
     gemm::gemm(
-        m, n, k, dst, 1, n as isize, accumulate, a.0, a.2, a.1, b.0, b.2, b.1, T::ONE, T::ONE, false, false, false,
+        m,
+        n,
+        k,
+        dst,
+        1,
+        n as isize,
+        accumulate,
+        a.0,
+        a.2,
+        a.1,
+        b.0,
+        b.2,
+        b.1,
+        T::ONE,
+        T::ONE,
+        false,
+        false,
+        false,
         gemm::Parallelism::None,
     );
 }
@@ -171,48 +211,72 @@ unsafe fn matmul<T: Elem>(
 fn forward<T: Elem>(x: &[T], k: &[T], d: &Dims) -> Vec<T> {
     let (plane, rows, og) = (d.plane(), d.rows(), d.og());
     let mut out = vec![T::default(); d.n * d.o * plane];
-    out.par_chunks_mut(d.o * plane).enumerate().for_each(|(i, out_img)| {
-        let img = &x[i * d.c * d.h * d.w..(i + 1) * d.c * d.h * d.w];
-        let mut cols = if d.is_pointwise() { Vec::new() } else { vec![T::default(); rows * plane] };
-        for grp in 0..d.g.groups {
-            let src: &[T] = if d.is_pointwise() {
-                &img[grp * rows * plane..(grp + 1) * rows * plane]
+    out.par_chunks_mut(d.o * plane)
+        .enumerate()
+        .for_each(|(i, out_img)| {
+            let img = &x[i * d.c * d.h * d.w..(i + 1) * d.c * d.h * d.w];
+            let mut cols = if d.is_pointwise() {
+                Vec::new()
             } else {
-                im2col(img, d, grp * d.cg(), &mut cols);
-                &cols
+                vec![T::default(); rows * plane]
             };
-            let wg = &k[grp * og * rows..(grp + 1) * og * rows];
-            let dst = &mut out_img[grp * og * plane..(grp + 1) * og * plane];
-            // SAFETY: wg is og x rows, src is rows x plane, dst is og x plane, all row-major.
-            unsafe {
-                matmul(og, plane, rows, dst.as_mut_ptr(), false, (wg.as_ptr(), rows as isize, 1), (src.as_ptr(), plane as isize, 1))
-            };
-        }
-    });
+            for grp in 0..d.g.groups {
+                let src: &[T] = if d.is_pointwise() {
+                    &img[grp * rows * plane..(grp + 1) * rows * plane]
+                } else {
+                    im2col(img, d, grp * d.cg(), &mut cols);
+                    &cols
+                };
+                let wg = &k[grp * og * rows..(grp + 1) * og * rows];
+                let dst = &mut out_img[grp * og * plane..(grp + 1) * og * plane];
+                // SAFETY: wg is og x rows, src is rows x plane, dst is og x plane, all row-major.
+                unsafe {
+                    matmul(
+                        og,
+                        plane,
+                        rows,
+                        dst.as_mut_ptr(),
+                        false,
+                        (wg.as_ptr(), rows as isize, 1),
+                        (src.as_ptr(), plane as isize, 1),
+                    )
+                };
+            }
+        });
     out
 }
 
 fn backward_input<T: Elem>(dy: &[T], k: &[T], d: &Dims) -> Vec<T> {
     let (plane, rows, og) = (d.plane(), d.rows(), d.og());
     let mut dx = vec![T::default(); d.n * d.c * d.h * d.w];
-    dx.par_chunks_mut(d.c * d.h * d.w).enumerate().for_each(|(i, dx_img)| {
-        let dy_img = &dy[i * d.o * plane..(i + 1) * d.o * plane];
-        let mut cols = vec![T::default(); rows * plane];
-        for grp in 0..d.g.groups {
-            let wg = &k[grp * og * rows..(grp + 1) * og * rows];
-            let dyg = &dy_img[grp * og * plane..(grp + 1) * og * plane];
-            // cols (rows x plane) = wg^T (rows x og) * dyg (og x plane).
-            // SAFETY: wg read transposed (row stride 1, col stride rows) stays within og*rows.
-            unsafe {
-                matmul(rows, plane, og, cols.as_mut_ptr(), false, (wg.as_ptr(), 1, rows as isize), (dyg.as_ptr(), plane as isize, 1))
-            };
-            if d.is_pointwise() {
-                dx_img[grp * rows * plane..(grp + 1) * rows * plane].copy_from_slice(&cols);
-            } else {
-                col2im(&cols, d, grp * d.cg(), dx_img);
+    dx.par_chunks_mut(d.c * d.h * d.w)
+        .enumerate()
+        .for_each(|(i, dx_img)| {
+            let dy_img = &dy[i * d.o * plane..(i + 1) * d.o * plane];
+            let mut cols = vec![T::default(); rows * plane];
+            for grp in 0..d.g.groups {
+                let wg = &k[grp * og * rows..(grp + 1) * og * rows];
+                let dyg = &dy_img[grp * og * plane..(grp + 1) * og * plane];
+                // cols (rows x plane) = wg^T (rows x og) * dyg (og x plane).
+                // SAFETY: wg read transposed (row stride 1, col stride rows) stays within og*rows.
+                unsafe {
+                    matmul(
+                        rows,
+                        plane,
+                        og,
+                        cols.as_mut_ptr(),
+                        false,
+                        (wg.as_ptr(), 1, rows as isize),
+                        (dyg.as_ptr(), plane as isize, 1),
+                    )
+                };
+                if d.is_pointwise() {
+                    dx_img[grp * rows * plane..(grp + 1) * rows * plane].copy_from_slice(&cols);
+                } else {
+                    col2im(&cols, d, grp * d.cg(), dx_img);
+                }
             }
-        }
-    });
+        });
     dx
 }
 
@@ -243,7 +307,15 @@ fn backward_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
                     // dst (og x rows) += dyg (og x plane) * src^T (plane x rows).
                     // SAFETY: src read transposed (row stride 1, col stride plane) stays within rows*plane.
                     unsafe {
-                        matmul(og, rows, plane, dst.as_mut_ptr(), true, (dyg.as_ptr(), plane as isize, 1), (src.as_ptr(), 1, plane as isize))
+                        matmul(
+                            og,
+                            rows,
+                            plane,
+                            dst.as_mut_ptr(),
+                            true,
+                            (dyg.as_ptr(), plane as isize, 1),
+                            (src.as_ptr(), 1, plane as isize),
+                        )
                     };
                 }
             }
@@ -270,7 +342,11 @@ macro_rules! dispatch2 {
                 let ($a, $b) = (contiguous(a, $l1)?, contiguous(b, $l2)?);
                 CpuStorage::F64($body)
             }
-            _ => return Err(candle_core::Error::Msg("conv2d kernel supports f32 and f64 (both operands alike)".into())),
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "conv2d kernel supports f32 and f64 (both operands alike)".into(),
+                ))
+            }
         }
     };
 }
@@ -286,12 +362,24 @@ impl CustomOp2 for Conv2dForward {
     fn name(&self) -> &'static str {
         "gstick-conv2d"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::new(l1.dims(), l2.dims(), self.0)?;
         let out = dispatch2!(s1, l1, s2, l2, |x, k| forward(x, k, &d));
         Ok((out, Shape::from((d.n, d.o, d.oh, d.ow))))
     }
-    fn bwd(&self, x: &Tensor, k: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let dx = dy.apply_op2_no_bwd(k, &Conv2dBackwardInput(self.0, x.shape().clone()))?;
         let dk = x.apply_op2_no_bwd(&dy, &Conv2dBackwardWeight(self.0, k.shape().clone()))?;
@@ -303,10 +391,19 @@ impl CustomOp2 for Conv2dBackwardInput {
     fn name(&self) -> &'static str {
         "gstick-conv2d-backward-input"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::new(self.1.dims(), l2.dims(), self.0)?;
         if l1.dims() != [d.n, d.o, d.oh, d.ow] {
-            return Err(candle_core::Error::Msg(format!("conv2d backward: gradient shape {:?} does not match", l1.dims())));
+            return Err(candle_core::Error::Msg(format!(
+                "conv2d backward: gradient shape {:?} does not match",
+                l1.dims()
+            )));
         }
         let out = dispatch2!(s1, l1, s2, l2, |dy, k| backward_input(dy, k, &d));
         Ok((out, self.1.clone()))
@@ -317,10 +414,19 @@ impl CustomOp2 for Conv2dBackwardWeight {
     fn name(&self) -> &'static str {
         "gstick-conv2d-backward-weight"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::new(l1.dims(), self.1.dims(), self.0)?;
         if l2.dims() != [d.n, d.o, d.oh, d.ow] {
-            return Err(candle_core::Error::Msg(format!("conv2d backward: gradient shape {:?} does not match", l2.dims())));
+            return Err(candle_core::Error::Msg(format!(
+                "conv2d backward: gradient shape {:?} does not match",
+                l2.dims()
+            )));
         }
         let out = dispatch2!(s1, l1, s2, l2, |x, dy| backward_weight(x, dy, &d));
         Ok((out, self.1.clone()))
@@ -330,7 +436,10 @@ impl CustomOp2 for Conv2dBackwardWeight {
 /// conv2d(x, weight) through the im2col kernel, differentiable in both arguments.
 pub fn conv2d(x: &Tensor, weight: &Tensor, geom: ConvGeom) -> candle_core::Result<Tensor> {
     if geom.stride == 0 || geom.dilation == 0 {
-        return Err(candle_core::Error::Msg("conv2d: stride and dilation must be at least 1".into()));
+        return Err(candle_core::Error::Msg(
+            "conv2d: stride and dilation must be at least 1".into(),
+        ));
     }
-    x.contiguous()?.apply_op2(&weight.contiguous()?, Conv2dForward(geom))
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, Conv2dForward(geom))
 }

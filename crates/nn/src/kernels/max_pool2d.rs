@@ -18,11 +18,23 @@ impl PoolGeom {
         (size + 2 * self.padding)
             .checked_sub(self.kernel)
             .map(|v| v / self.stride + 1)
-            .ok_or_else(|| candle_core::Error::Msg(format!("max pool: kernel {} larger than padded input {size}", self.kernel)))
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "max pool: kernel {} larger than padded input {size}",
+                    self.kernel
+                ))
+            })
     }
 
     /// Index in the plane of the first maximum of output cell (oy, ox); None if the window lies in padding.
-    fn argmax<T: Elem>(&self, plane: &[T], h: usize, w: usize, oy: usize, ox: usize) -> Option<usize> {
+    fn argmax<T: Elem>(
+        &self,
+        plane: &[T],
+        h: usize,
+        w: usize,
+        oy: usize,
+        ox: usize,
+    ) -> Option<usize> {
         let mut best: Option<(usize, T)> = None;
         for ki in 0..self.kernel {
             let y = (oy * self.stride + ki) as isize - self.padding as isize;
@@ -36,8 +48,8 @@ impl PoolGeom {
                 }
                 let idx = y as usize * w + x as usize;
                 let v = plane[idx];
-                // `!(v <= b)` also lets a NaN win, so NaN propagates as in PyTorch.
-                if best.is_none_or(|(_, b)| !(v <= b)) {
+                // A NaN wins and stays, so NaN propagates as in PyTorch.
+                if best.is_none_or(|(_, b)| v > b || (v.is_nan() && !b.is_nan())) {
                     best = Some((idx, v));
                 }
             }
@@ -49,26 +61,43 @@ impl PoolGeom {
 fn dims4(l: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
     match *l.dims() {
         [n, c, h, w] => Ok((n, c, h, w)),
-        ref other => Err(candle_core::Error::Msg(format!("max pool needs NCHW input, got {other:?}"))),
+        ref other => Err(candle_core::Error::Msg(format!(
+            "max pool needs NCHW input, got {other:?}"
+        ))),
     }
 }
 
-fn forward<T: Elem>(x: &[T], (n, c, h, w): (usize, usize, usize, usize), g: PoolGeom, oh: usize, ow: usize) -> Vec<T> {
+fn forward<T: Elem>(
+    x: &[T],
+    (n, c, h, w): (usize, usize, usize, usize),
+    g: PoolGeom,
+    oh: usize,
+    ow: usize,
+) -> Vec<T> {
     let mut out = vec![T::NEG_INFINITY; n * c * oh * ow];
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, dst)| {
-        let plane = &x[p * h * w..(p + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                if let Some(i) = g.argmax(plane, h, w, oy, ox) {
-                    dst[oy * ow + ox] = plane[i];
+    out.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(p, dst)| {
+            let plane = &x[p * h * w..(p + 1) * h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    if let Some(i) = g.argmax(plane, h, w, oy, ox) {
+                        dst[oy * ow + ox] = plane[i];
+                    }
                 }
             }
-        }
-    });
+        });
     out
 }
 
-fn backward<T: Elem>(x: &[T], dy: &[T], (n, c, h, w): (usize, usize, usize, usize), g: PoolGeom, oh: usize, ow: usize) -> Vec<T> {
+fn backward<T: Elem>(
+    x: &[T],
+    dy: &[T],
+    (n, c, h, w): (usize, usize, usize, usize),
+    g: PoolGeom,
+    oh: usize,
+    ow: usize,
+) -> Vec<T> {
     let mut dx = vec![T::default(); n * c * h * w];
     dx.par_chunks_mut(h * w).enumerate().for_each(|(p, dst)| {
         let plane = &x[p * h * w..(p + 1) * h * w];
@@ -97,12 +126,19 @@ impl CustomOp1 for MaxPoolForward {
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(forward(contiguous(v, l)?, d, self.0, oh, ow)),
             CpuStorage::F64(v) => CpuStorage::F64(forward(contiguous(v, l)?, d, self.0, oh, ow)),
-            _ => return Err(candle_core::Error::Msg("max pool kernel supports f32 and f64".into())),
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "max pool kernel supports f32 and f64".into(),
+                ))
+            }
         };
         Ok((out, Shape::from((d.0, d.1, oh, ow))))
     }
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &MaxPoolBackward(self.0))?))
+        Ok(Some(x.apply_op2_no_bwd(
+            &dy.contiguous()?,
+            &MaxPoolBackward(self.0),
+        )?))
     }
 }
 
@@ -110,16 +146,43 @@ impl CustomOp2 for MaxPoolBackward {
     fn name(&self) -> &'static str {
         "gstick-max-pool2d-backward"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = dims4(l1)?;
         let (oh, ow) = (self.0.out_size(d.2)?, self.0.out_size(d.3)?);
         if l2.dims() != [d.0, d.1, oh, ow] {
-            return Err(candle_core::Error::Msg(format!("max pool backward: gradient shape {:?} does not match", l2.dims())));
+            return Err(candle_core::Error::Msg(format!(
+                "max pool backward: gradient shape {:?} does not match",
+                l2.dims()
+            )));
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward(contiguous(x, l1)?, contiguous(g, l2)?, d, self.0, oh, ow)),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(backward(contiguous(x, l1)?, contiguous(g, l2)?, d, self.0, oh, ow)),
-            _ => return Err(candle_core::Error::Msg("max pool kernel supports f32 and f64".into())),
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward(
+                contiguous(x, l1)?,
+                contiguous(g, l2)?,
+                d,
+                self.0,
+                oh,
+                ow,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(backward(
+                contiguous(x, l1)?,
+                contiguous(g, l2)?,
+                d,
+                self.0,
+                oh,
+                ow,
+            )),
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "max pool kernel supports f32 and f64".into(),
+                ))
+            }
         };
         Ok((out, l1.shape().clone()))
     }
@@ -128,7 +191,9 @@ impl CustomOp2 for MaxPoolBackward {
 /// Max pooling of NCHW input with a square window; padding counts as -infinity.
 pub fn max_pool2d(x: &Tensor, geom: PoolGeom) -> candle_core::Result<Tensor> {
     if geom.kernel == 0 || geom.stride == 0 || geom.padding * 2 > geom.kernel {
-        return Err(candle_core::Error::Msg(format!("max pool: invalid geometry {geom:?}")));
+        return Err(candle_core::Error::Msg(format!(
+            "max pool: invalid geometry {geom:?}"
+        )));
     }
     x.contiguous()?.apply_op1(MaxPoolForward(geom))
 }

@@ -8,11 +8,29 @@ struct Relu;
 struct ReluBackward;
 
 fn relu<T: Elem>(x: &[T]) -> Vec<T> {
-    x.iter().map(|&v| if v > T::default() { v } else { T::default() }).collect()
+    // NaN is kept, so NaN propagates as in PyTorch.
+    x.iter()
+        .map(|&v| {
+            if v > T::default() || v.is_nan() {
+                v
+            } else {
+                T::default()
+            }
+        })
+        .collect()
 }
 
 fn relu_backward<T: Elem>(x: &[T], dy: &[T]) -> Vec<T> {
-    x.iter().zip(dy).map(|(&v, &g)| if v > T::default() { g } else { T::default() }).collect()
+    x.iter()
+        .zip(dy)
+        .map(|(&v, &g)| {
+            if v > T::default() || v.is_nan() {
+                g
+            } else {
+                T::default()
+            }
+        })
+        .collect()
 }
 
 impl CustomOp1 for Relu {
@@ -23,7 +41,11 @@ impl CustomOp1 for Relu {
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(relu(contiguous(v, l)?)),
             CpuStorage::F64(v) => CpuStorage::F64(relu(contiguous(v, l)?)),
-            _ => return Err(candle_core::Error::Msg("relu kernel supports f32 and f64".into())),
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "relu kernel supports f32 and f64".into(),
+                ))
+            }
         };
         Ok((out, l.shape().clone()))
     }
@@ -36,14 +58,30 @@ impl CustomOp2 for ReluBackward {
     fn name(&self) -> &'static str {
         "gstick-relu-backward"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         if l1.dims() != l2.dims() {
-            return Err(candle_core::Error::Msg("relu backward: shapes differ".into()));
+            return Err(candle_core::Error::Msg(
+                "relu backward: shapes differ".into(),
+            ));
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(relu_backward(contiguous(x, l1)?, contiguous(g, l2)?)),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(relu_backward(contiguous(x, l1)?, contiguous(g, l2)?)),
-            _ => return Err(candle_core::Error::Msg("relu kernel supports f32 and f64".into())),
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                CpuStorage::F32(relu_backward(contiguous(x, l1)?, contiguous(g, l2)?))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                CpuStorage::F64(relu_backward(contiguous(x, l1)?, contiguous(g, l2)?))
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "relu kernel supports f32 and f64".into(),
+                ))
+            }
         };
         Ok((out, l1.shape().clone()))
     }
