@@ -32,6 +32,8 @@ enum Command {
 }
 
 fn main() {
+    // Before any thread starts (see the function's note).
+    gstick_nn::kernels::tune_candle_threads();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train_cmd::train(args),

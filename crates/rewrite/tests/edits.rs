@@ -440,3 +440,22 @@ fn table_and_dot_show_every_node() {
     let boxes = g.to_dot(&DotOptions::default());
     assert!(!boxes.contains("cluster_") && boxes.contains("layer1.0\\nBasicBlock"));
 }
+
+#[test]
+fn svg_rendering_uses_graphviz_or_says_how_to_get_it() {
+    let g = with_block();
+    match g.to_svg(&DotOptions {
+        expand_subgraphs: true,
+    }) {
+        Ok(svg) => {
+            let text = String::from_utf8(svg).unwrap();
+            assert!(text.contains("<svg") && text.contains("conv2"), "{text}");
+        }
+        Err(e) => {
+            // Only acceptable when Graphviz is absent, and then the message must say so.
+            let has_dot = std::process::Command::new("dot").arg("-V").output().is_ok();
+            assert!(!has_dot, "dot is installed but rendering failed: {e}");
+            assert!(e.to_string().contains("install graphviz"), "{e}");
+        }
+    }
+}

@@ -5,10 +5,8 @@
 //! single-threaded GEMM; the weight gradient is summed over fixed chunks of images in a fixed
 //! order, so results are bit-identical whatever the number of threads.
 
+use super::{contiguous, for_each_chunk, Elem};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::{contiguous, Elem};
 
 /// Convolution geometry shared by the three ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,8 +162,14 @@ fn col2im<T: Elem>(cols: &[T], d: &Dims, c0: usize, img: &mut [T]) {
                     }
                     let dst = &mut chan[y as usize * d.w..(y as usize + 1) * d.w];
                     let from = &src[oy * d.ow + valid.start..oy * d.ow + valid.end];
-                    for (k, &g) in from.iter().enumerate() {
-                        dst[x0 + k * s] += g;
+                    if s == 1 {
+                        for (t, &g) in dst[x0..x0 + from.len()].iter_mut().zip(from) {
+                            *t += g;
+                        }
+                    } else {
+                        for (k, &g) in from.iter().enumerate() {
+                            dst[x0 + k * s] += g;
+                        }
                     }
                 }
             }
@@ -211,72 +215,68 @@ unsafe fn matmul<T: Elem>(
 fn forward<T: Elem>(x: &[T], k: &[T], d: &Dims) -> Vec<T> {
     let (plane, rows, og) = (d.plane(), d.rows(), d.og());
     let mut out = vec![T::default(); d.n * d.o * plane];
-    out.par_chunks_mut(d.o * plane)
-        .enumerate()
-        .for_each(|(i, out_img)| {
-            let img = &x[i * d.c * d.h * d.w..(i + 1) * d.c * d.h * d.w];
-            let mut cols = if d.is_pointwise() {
-                Vec::new()
+    for_each_chunk(&mut out, d.o * plane, |i, out_img| {
+        let img = &x[i * d.c * d.h * d.w..(i + 1) * d.c * d.h * d.w];
+        let mut cols = if d.is_pointwise() {
+            Vec::new()
+        } else {
+            vec![T::default(); rows * plane]
+        };
+        for grp in 0..d.g.groups {
+            let src: &[T] = if d.is_pointwise() {
+                &img[grp * rows * plane..(grp + 1) * rows * plane]
             } else {
-                vec![T::default(); rows * plane]
+                im2col(img, d, grp * d.cg(), &mut cols);
+                &cols
             };
-            for grp in 0..d.g.groups {
-                let src: &[T] = if d.is_pointwise() {
-                    &img[grp * rows * plane..(grp + 1) * rows * plane]
-                } else {
-                    im2col(img, d, grp * d.cg(), &mut cols);
-                    &cols
-                };
-                let wg = &k[grp * og * rows..(grp + 1) * og * rows];
-                let dst = &mut out_img[grp * og * plane..(grp + 1) * og * plane];
-                // SAFETY: wg is og x rows, src is rows x plane, dst is og x plane, all row-major.
-                unsafe {
-                    matmul(
-                        og,
-                        plane,
-                        rows,
-                        dst.as_mut_ptr(),
-                        false,
-                        (wg.as_ptr(), rows as isize, 1),
-                        (src.as_ptr(), plane as isize, 1),
-                    )
-                };
-            }
-        });
+            let wg = &k[grp * og * rows..(grp + 1) * og * rows];
+            let dst = &mut out_img[grp * og * plane..(grp + 1) * og * plane];
+            // SAFETY: wg is og x rows, src is rows x plane, dst is og x plane, all row-major.
+            unsafe {
+                matmul(
+                    og,
+                    plane,
+                    rows,
+                    dst.as_mut_ptr(),
+                    false,
+                    (wg.as_ptr(), rows as isize, 1),
+                    (src.as_ptr(), plane as isize, 1),
+                )
+            };
+        }
+    });
     out
 }
 
 fn backward_input<T: Elem>(dy: &[T], k: &[T], d: &Dims) -> Vec<T> {
     let (plane, rows, og) = (d.plane(), d.rows(), d.og());
     let mut dx = vec![T::default(); d.n * d.c * d.h * d.w];
-    dx.par_chunks_mut(d.c * d.h * d.w)
-        .enumerate()
-        .for_each(|(i, dx_img)| {
-            let dy_img = &dy[i * d.o * plane..(i + 1) * d.o * plane];
-            let mut cols = vec![T::default(); rows * plane];
-            for grp in 0..d.g.groups {
-                let wg = &k[grp * og * rows..(grp + 1) * og * rows];
-                let dyg = &dy_img[grp * og * plane..(grp + 1) * og * plane];
-                // cols (rows x plane) = wg^T (rows x og) * dyg (og x plane).
-                // SAFETY: wg read transposed (row stride 1, col stride rows) stays within og*rows.
-                unsafe {
-                    matmul(
-                        rows,
-                        plane,
-                        og,
-                        cols.as_mut_ptr(),
-                        false,
-                        (wg.as_ptr(), 1, rows as isize),
-                        (dyg.as_ptr(), plane as isize, 1),
-                    )
-                };
-                if d.is_pointwise() {
-                    dx_img[grp * rows * plane..(grp + 1) * rows * plane].copy_from_slice(&cols);
-                } else {
-                    col2im(&cols, d, grp * d.cg(), dx_img);
-                }
+    for_each_chunk(&mut dx, d.c * d.h * d.w, |i, dx_img| {
+        let dy_img = &dy[i * d.o * plane..(i + 1) * d.o * plane];
+        let mut cols = vec![T::default(); rows * plane];
+        for grp in 0..d.g.groups {
+            let wg = &k[grp * og * rows..(grp + 1) * og * rows];
+            let dyg = &dy_img[grp * og * plane..(grp + 1) * og * plane];
+            // cols (rows x plane) = wg^T (rows x og) * dyg (og x plane).
+            // SAFETY: wg read transposed (row stride 1, col stride rows) stays within og*rows.
+            unsafe {
+                matmul(
+                    rows,
+                    plane,
+                    og,
+                    cols.as_mut_ptr(),
+                    false,
+                    (wg.as_ptr(), 1, rows as isize),
+                    (dyg.as_ptr(), plane as isize, 1),
+                )
+            };
+            if d.is_pointwise() {
+                dx_img[grp * rows * plane..(grp + 1) * rows * plane].copy_from_slice(&cols);
+            } else {
+                col2im(&cols, d, grp * d.cg(), dx_img);
             }
-        });
+        }
+    });
     dx
 }
 
@@ -286,45 +286,42 @@ const WEIGHT_GRAD_CHUNK: usize = 8;
 fn backward_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
     let (plane, rows, og) = (d.plane(), d.rows(), d.og());
     let wsize = d.o * rows;
-    let chunks: Vec<usize> = (0..d.n).step_by(WEIGHT_GRAD_CHUNK).collect();
-    let partials: Vec<Vec<T>> = chunks
-        .par_iter()
-        .map(|&start| {
-            let mut dw = vec![T::default(); wsize];
-            let mut cols = vec![T::default(); rows * plane];
-            for i in start..(start + WEIGHT_GRAD_CHUNK).min(d.n) {
-                let img = &x[i * d.c * d.h * d.w..(i + 1) * d.c * d.h * d.w];
-                let dy_img = &dy[i * d.o * plane..(i + 1) * d.o * plane];
-                for grp in 0..d.g.groups {
-                    let src: &[T] = if d.is_pointwise() {
-                        &img[grp * rows * plane..(grp + 1) * rows * plane]
-                    } else {
-                        im2col(img, d, grp * d.cg(), &mut cols);
-                        &cols
-                    };
-                    let dyg = &dy_img[grp * og * plane..(grp + 1) * og * plane];
-                    let dst = &mut dw[grp * og * rows..(grp + 1) * og * rows];
-                    // dst (og x rows) += dyg (og x plane) * src^T (plane x rows).
-                    // SAFETY: src read transposed (row stride 1, col stride plane) stays within rows*plane.
-                    unsafe {
-                        matmul(
-                            og,
-                            rows,
-                            plane,
-                            dst.as_mut_ptr(),
-                            true,
-                            (dyg.as_ptr(), plane as isize, 1),
-                            (src.as_ptr(), 1, plane as isize),
-                        )
-                    };
-                }
+    let chunks = d.n.div_ceil(WEIGHT_GRAD_CHUNK);
+    let mut partials = vec![T::default(); chunks * wsize];
+    for_each_chunk(&mut partials, wsize, |chunk, dw| {
+        let start = chunk * WEIGHT_GRAD_CHUNK;
+        let mut cols = vec![T::default(); rows * plane];
+        for i in start..(start + WEIGHT_GRAD_CHUNK).min(d.n) {
+            let img = &x[i * d.c * d.h * d.w..(i + 1) * d.c * d.h * d.w];
+            let dy_img = &dy[i * d.o * plane..(i + 1) * d.o * plane];
+            for grp in 0..d.g.groups {
+                let src: &[T] = if d.is_pointwise() {
+                    &img[grp * rows * plane..(grp + 1) * rows * plane]
+                } else {
+                    im2col(img, d, grp * d.cg(), &mut cols);
+                    &cols
+                };
+                let dyg = &dy_img[grp * og * plane..(grp + 1) * og * plane];
+                let dst = &mut dw[grp * og * rows..(grp + 1) * og * rows];
+                // dst (og x rows) += dyg (og x plane) * src^T (plane x rows).
+                // SAFETY: src read transposed (row stride 1, col stride plane) stays within rows*plane.
+                unsafe {
+                    matmul(
+                        og,
+                        rows,
+                        plane,
+                        dst.as_mut_ptr(),
+                        true,
+                        (dyg.as_ptr(), plane as isize, 1),
+                        (src.as_ptr(), 1, plane as isize),
+                    )
+                };
             }
-            dw
-        })
-        .collect();
+        }
+    });
     let mut total = vec![T::default(); wsize];
-    for p in partials {
-        for (t, v) in total.iter_mut().zip(p) {
+    for p in partials.chunks(wsize) {
+        for (t, &v) in total.iter_mut().zip(p) {
             *t += v;
         }
     }

@@ -1,10 +1,8 @@
 //! Max pooling with padding, forward and backward. The backward pass routes each output
 //! gradient to the first maximum of its window (PyTorch's rule), found again from the input.
 
+use super::{contiguous, for_each_chunk, Elem};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::{contiguous, Elem};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolGeom {
@@ -35,6 +33,9 @@ impl PoolGeom {
         oy: usize,
         ox: usize,
     ) -> Option<usize> {
+        if self.padding == 0 {
+            return Some(self.argmax_inside(plane, w, oy, ox));
+        }
         let mut best: Option<(usize, T)> = None;
         for ki in 0..self.kernel {
             let y = (oy * self.stride + ki) as isize - self.padding as isize;
@@ -58,6 +59,25 @@ impl PoolGeom {
     }
 }
 
+impl PoolGeom {
+    /// [`PoolGeom::argmax`] for a window that lies inside the plane (no padding): no bounds tests.
+    fn argmax_inside<T: Elem>(&self, plane: &[T], w: usize, oy: usize, ox: usize) -> usize {
+        let (y0, x0) = (oy * self.stride, ox * self.stride);
+        let mut best = y0 * w + x0;
+        let mut best_value = plane[best];
+        for ki in 0..self.kernel {
+            let start = (y0 + ki) * w + x0;
+            for (kj, &v) in plane[start..start + self.kernel].iter().enumerate() {
+                if v > best_value || (v.is_nan() && !best_value.is_nan()) {
+                    best = start + kj;
+                    best_value = v;
+                }
+            }
+        }
+        best
+    }
+}
+
 fn dims4(l: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
     match *l.dims() {
         [n, c, h, w] => Ok((n, c, h, w)),
@@ -75,18 +95,16 @@ fn forward<T: Elem>(
     ow: usize,
 ) -> Vec<T> {
     let mut out = vec![T::NEG_INFINITY; n * c * oh * ow];
-    out.par_chunks_mut(oh * ow)
-        .enumerate()
-        .for_each(|(p, dst)| {
-            let plane = &x[p * h * w..(p + 1) * h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    if let Some(i) = g.argmax(plane, h, w, oy, ox) {
-                        dst[oy * ow + ox] = plane[i];
-                    }
+    for_each_chunk(&mut out, oh * ow, |p, dst| {
+        let plane = &x[p * h * w..(p + 1) * h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                if let Some(i) = g.argmax(plane, h, w, oy, ox) {
+                    dst[oy * ow + ox] = plane[i];
                 }
             }
-        });
+        }
+    });
     out
 }
 
@@ -99,7 +117,7 @@ fn backward<T: Elem>(
     ow: usize,
 ) -> Vec<T> {
     let mut dx = vec![T::default(); n * c * h * w];
-    dx.par_chunks_mut(h * w).enumerate().for_each(|(p, dst)| {
+    for_each_chunk(&mut dx, h * w, |p, dst| {
         let plane = &x[p * h * w..(p + 1) * h * w];
         let grad = &dy[p * oh * ow..(p + 1) * oh * ow];
         for oy in 0..oh {
