@@ -82,15 +82,26 @@ pub(crate) fn for_each_chunk<T: Send>(
 /// Below this many output values a kernel runs on the calling thread (spawning costs more).
 const MIN_PARALLEL_ELEMENTS: usize = 16 * 1024;
 
+/// Threads the kernels use; 0 means one per core (or `GSTICK_THREADS` when set).
+static KERNEL_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets how many threads the kernels use (`None`: one per core). Results do not depend on it.
+pub fn set_kernel_threads(threads: Option<usize>) {
+    KERNEL_THREADS.store(threads.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+}
+
 fn cores() -> usize {
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| {
-        std::env::var("GSTICK_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1)
-    })
+    static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    match KERNEL_THREADS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => *DEFAULT.get_or_init(|| {
+            std::env::var("GSTICK_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1)
+        }),
+        n => n,
+    }
 }
 
 /// Shortens how long candle's element-wise worker threads spin after each op before they sleep
