@@ -1,9 +1,13 @@
-//! Model builders and loaders: LeNet-5, the pretrained ccexam MNISTNet, configurable ResNets.
+//! Model builders and loaders: LeNet-5, the pretrained ccexam MNISTNet, configurable ResNets,
+//! Llama-family LLMs from GGUF files, and their tokenizers.
 
 mod error;
+pub mod gguf;
 mod lenet;
+pub mod llama;
 mod mnistnet;
 mod resnet;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use lenet::lenet5;

@@ -1,6 +1,7 @@
 //! The built-in cells. Each file holds one family.
 
 mod activation;
+mod attention;
 mod arith;
 mod batch_norm;
 mod conv2d;
@@ -12,6 +13,7 @@ mod pool;
 mod shape;
 
 pub use activation::{Activation, ActivationKind};
+pub use attention::{CausalSelfAttention, Rope};
 pub use arith::{Add, Mul};
 pub use batch_norm::BatchNorm2d;
 pub use conv2d::{Conv2d, Conv2dConfig};

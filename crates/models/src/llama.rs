@@ -1,0 +1,237 @@
+//! Llama-family decoder-only models (Llama, SmolLM2, Mistral; Qwen2 with q/k/v bias) as graphs of
+//! the IR. Every decoder layer is a sub-graph `model.layers.N` of kind `DecoderLayer` whose Linear
+//! nodes carry the Hugging Face names (`model.layers.3.self_attn.q_proj`), so parameter names,
+//! hooks and quantization policies all speak the names users know.
+
+use candle_core::Tensor;
+use gstick_nn::cells::{Activation, ActivationKind, Add, CausalSelfAttention, Embedding, Linear, Mul, RmsNorm, Rope};
+use gstick_nn::{Cell, Network};
+
+use crate::gguf::Gguf;
+use crate::{Error, Result};
+
+/// The shape of a Llama-family model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f64,
+    pub rms_eps: f64,
+    /// The LM head reuses the token embedding.
+    pub tie_embeddings: bool,
+    /// q/k/v projections have biases (Qwen2).
+    pub qkv_bias: bool,
+}
+
+impl LlamaConfig {
+    /// Checks that the numbers describe a buildable model.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if [self.vocab, self.hidden, self.intermediate, self.layers, self.heads, self.kv_heads, self.head_dim].contains(&0) {
+            return bad(format!("every size must be positive: {self:?}"));
+        }
+        if !self.heads.is_multiple_of(self.kv_heads) {
+            return bad(format!("{} attention heads are not a multiple of {} key/value heads", self.heads, self.kv_heads));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!("head dimension {} must be even for rotary embeddings", self.head_dim));
+        }
+        if !(self.rope_theta > 0.0 && self.rms_eps > 0.0) {
+            return bad(format!("rope theta {} and RMSNorm eps {} must be positive", self.rope_theta, self.rms_eps));
+        }
+        Ok(())
+    }
+
+    /// Reads the configuration from GGUF metadata (`general.architecture` = llama or qwen2).
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let arch = g.require_str("general.architecture")?.to_string();
+        if !matches!(arch.as_str(), "llama" | "qwen2") {
+            return Err(Error::Load {
+                path: g.path().display().to_string(),
+                message: format!("architecture `{arch}` is not supported (llama, qwen2)"),
+            });
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let usize_of = |k: &str| -> Result<usize> { Ok(g.require_u64(&key(k))? as usize) };
+        let hidden = usize_of("embedding_length")?;
+        let heads = usize_of("attention.head_count")?;
+        let kv_heads = g.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).map_or(heads, |v| v as usize);
+        let head_dim = match g.get(&key("attention.key_length")).and_then(|v| v.as_u64()) {
+            Some(d) => d as usize,
+            None if heads > 0 => hidden / heads,
+            None => 0,
+        };
+        let vocab = match g.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
+            Some(v) => v as usize,
+            None => g.tensor_info("token_embd.weight")?.dims.get(1).copied().unwrap_or(0),
+        };
+        let config = LlamaConfig {
+            vocab,
+            hidden,
+            intermediate: usize_of("feed_forward_length")?,
+            layers: usize_of("block_count")?,
+            heads,
+            kv_heads,
+            head_dim,
+            rope_theta: g.get(&key("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+            rms_eps: g.require_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            tie_embeddings: g.tensor_info("output.weight").is_err(),
+            qkv_bias: g.tensor_info("blk.0.attn_q.bias").is_ok(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Supplies a weight by Hugging Face name and expected row-major shape.
+pub trait WeightSource {
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor>;
+}
+
+fn linear(src: &mut dyn WeightSource, name: &str, out: usize, inp: usize, bias: bool) -> Result<Box<dyn Cell>> {
+    let w = src.weight(&format!("{name}.weight"), &[out, inp])?;
+    let b = if bias { Some(src.weight(&format!("{name}.bias"), &[out])?) } else { None };
+    Ok(Box::new(Linear::from_tensors(w, b)?))
+}
+
+fn decoder_layer(c: &LlamaConfig, layer: usize, src: &mut dyn WeightSource) -> Result<Network> {
+    let p = format!("model.layers.{layer}");
+    let (h, q_width, kv_width) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    let mut g = Network::new();
+    let x = g.add_input("hidden_states");
+    let norm1 = RmsNorm::from_tensor(src.weight(&format!("{p}.input_layernorm.weight"), &[h])?, c.rms_eps)?;
+    let n1 = g.add_cell("input_layernorm", Box::new(norm1), &[x])?;
+    let q = g.add_cell("self_attn.q_proj", linear(src, &format!("{p}.self_attn.q_proj"), q_width, h, c.qkv_bias)?, &[n1])?;
+    let k = g.add_cell("self_attn.k_proj", linear(src, &format!("{p}.self_attn.k_proj"), kv_width, h, c.qkv_bias)?, &[n1])?;
+    let v = g.add_cell("self_attn.v_proj", linear(src, &format!("{p}.self_attn.v_proj"), kv_width, h, c.qkv_bias)?, &[n1])?;
+    let rope = Rope { theta: c.rope_theta, linear_factor: 1.0 };
+    let attn = CausalSelfAttention::new(c.heads, c.kv_heads, c.head_dim, rope)?;
+    let a = g.add_cell("self_attn.attention", Box::new(attn), &[q, k, v])?;
+    let o = g.add_cell("self_attn.o_proj", linear(src, &format!("{p}.self_attn.o_proj"), h, q_width, false)?, &[a])?;
+    let r1 = g.add_cell("residual_attn", Box::new(Add), &[x, o])?;
+    let norm2 = RmsNorm::from_tensor(src.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?, c.rms_eps)?;
+    let n2 = g.add_cell("post_attention_layernorm", Box::new(norm2), &[r1])?;
+    let gate = g.add_cell("mlp.gate_proj", linear(src, &format!("{p}.mlp.gate_proj"), c.intermediate, h, false)?, &[n2])?;
+    let up = g.add_cell("mlp.up_proj", linear(src, &format!("{p}.mlp.up_proj"), c.intermediate, h, false)?, &[n2])?;
+    let act = g.add_cell("mlp.act_fn", Box::new(Activation(ActivationKind::Silu)), &[gate])?;
+    let prod = g.add_cell("mlp.gate_up", Box::new(Mul), &[act, up])?;
+    let down = g.add_cell("mlp.down_proj", linear(src, &format!("{p}.mlp.down_proj"), h, c.intermediate, false)?, &[prod])?;
+    let r2 = g.add_cell("residual_mlp", Box::new(Add), &[r1, down])?;
+    g.set_outputs(&[r2])?;
+    Ok(g)
+}
+
+/// Builds the network: token ids (B, T) -> logits (B, T, vocab).
+pub fn build_llama(c: &LlamaConfig, src: &mut dyn WeightSource) -> Result<Network> {
+    c.validate()?;
+    let mut g = Network::new();
+    let ids = g.add_input("input_ids");
+    let embed_weight = src.weight("model.embed_tokens.weight", &[c.vocab, c.hidden])?;
+    let embed = Embedding::from_tensor(embed_weight)?;
+    let head: Box<dyn Cell> = if c.tie_embeddings {
+        // Shares the embedding's storage: one tensor, two uses.
+        Box::new(Linear { weight: embed.weight.clone(), bias: None })
+    } else {
+        linear(src, "lm_head", c.vocab, c.hidden, false)?
+    };
+    let mut h = g.add_cell("model.embed_tokens", Box::new(embed), &[ids])?;
+    for layer in 0..c.layers {
+        let sub = decoder_layer(c, layer, src)?;
+        h = g.add_subgraph(&format!("model.layers.{layer}"), "DecoderLayer", sub, &[h])?;
+    }
+    let norm = RmsNorm::from_tensor(src.weight("model.norm.weight", &[c.hidden])?, c.rms_eps)?;
+    h = g.add_cell("model.norm", Box::new(norm), &[h])?;
+    let logits = g.add_cell("lm_head", head, &[h])?;
+    g.set_outputs(&[logits])?;
+    Ok(g)
+}
+
+/// Weights from a GGUF file (llama.cpp names), dequantized to f32. For the `llama` architecture
+/// llama.cpp permutes q/k rows for its interleaved RoPE; they are un-permuted back to the Hugging
+/// Face rotate-half layout (`qwen2` files are stored unpermuted).
+pub struct GgufWeights<'a> {
+    pub gguf: &'a Gguf,
+    pub config: LlamaConfig,
+    pub permuted_qk: bool,
+}
+
+/// The llama.cpp name of a Hugging Face tensor name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let mapped = match tail {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{mapped}"))
+}
+
+/// Undoes llama.cpp's q/k row permutation for interleaved RoPE: rows viewed as
+/// (heads, head_dim / 2, 2, ...) go back to (heads, 2, head_dim / 2, ...).
+pub fn unpermute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    if heads == 0 || rows % (heads * 2) != 0 {
+        return Err(Error::Config(format!("cannot un-permute {rows} rows into {heads} heads")));
+    }
+    let half = rows / heads / 2;
+    Ok(t.reshape((heads, half, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
+}
+
+impl WeightSource for GgufWeights<'_> {
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let gguf_name = gguf_name(name).ok_or_else(|| Error::Config(format!("no GGUF name for `{name}`")))?;
+        let info = self.gguf.tensor_info(&gguf_name)?;
+        if info.shape() != shape {
+            return Err(Error::Load {
+                path: self.gguf.path().display().to_string(),
+                message: format!("tensor `{gguf_name}` ({name}) has shape {:?}, the configuration needs {shape:?}", info.shape()),
+            });
+        }
+        let t = self.gguf.dequantize(&gguf_name)?;
+        if !self.permuted_qk {
+            Ok(t)
+        } else if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
+            unpermute_rows(&t, self.config.heads)
+        } else if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
+            unpermute_rows(&t, self.config.kv_heads)
+        } else {
+            Ok(t)
+        }
+    }
+}
+
+/// Loads a Llama-family model from a GGUF file.
+pub fn load_llama_gguf(gguf: &Gguf) -> Result<(Network, LlamaConfig)> {
+    let config = LlamaConfig::from_gguf(gguf)?;
+    let permuted_qk = gguf.require_str("general.architecture")? == "llama";
+    let mut src = GgufWeights { gguf, config: config.clone(), permuted_qk };
+    let net = build_llama(&config, &mut src)?;
+    Ok((net, config))
+}
