@@ -3,6 +3,7 @@
 mod bench;
 mod datasets;
 mod graph_cmd;
+mod llm_cmd;
 mod models;
 mod train_cmd;
 
@@ -23,12 +24,31 @@ struct Cli {
 enum Command {
     /// Train a model on a dataset and report its test accuracy.
     Train(train_cmd::TrainArgs),
-    /// Report the accuracy of a checkpoint or of a pretrained model.
-    Eval(train_cmd::EvalArgs),
+    /// Evaluate a model: accuracy of a CNN (the default), or `eval ppl` for a language model.
+    Eval(EvalCommand),
+    /// Generate text with a language model (greedy unless --temperature).
+    Generate(llm_cmd::GenerateArgs),
     /// Print a model's node table, or write it as Graphviz DOT / SVG.
     Graph(graph_cmd::GraphArgs),
     /// Measure training throughput (images/s), against PyTorch when it is installed.
     Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct EvalCommand {
+    #[command(subcommand)]
+    kind: Option<EvalKind>,
+    #[command(flatten)]
+    accuracy: train_cmd::EvalArgs,
+}
+
+#[derive(Subcommand)]
+enum EvalKind {
+    /// Accuracy of a CNN checkpoint or pretrained model (same as plain `eval`).
+    Accuracy(train_cmd::EvalArgs),
+    /// Perplexity of a causal language model on a text file.
+    Ppl(llm_cmd::PplArgs),
 }
 
 fn main() {
@@ -37,7 +57,10 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train_cmd::train(args),
-        Command::Eval(args) => train_cmd::eval(args),
+        Command::Eval(EvalCommand { kind: None, accuracy }) => train_cmd::eval(accuracy),
+        Command::Eval(EvalCommand { kind: Some(EvalKind::Accuracy(args)), .. }) => train_cmd::eval(args),
+        Command::Eval(EvalCommand { kind: Some(EvalKind::Ppl(args)), .. }) => llm_cmd::ppl(args),
+        Command::Generate(args) => llm_cmd::generate(args),
         Command::Graph(args) => graph_cmd::graph(args),
         Command::Bench(args) => bench::bench(args),
     };

@@ -2,6 +2,7 @@
 //! Llama-family LLMs from GGUF files, and their tokenizers.
 
 mod error;
+pub mod generate;
 pub mod gguf;
 mod lenet;
 pub mod llama;

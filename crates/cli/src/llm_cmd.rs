@@ -1,0 +1,112 @@
+//! `gstick eval ppl` and `gstick generate`: causal language models.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use gstick_models::generate::{generate as run_generation, Sampling};
+use gstick_models::gguf::Gguf;
+use gstick_models::llama::load_llama_gguf;
+use gstick_models::tokenizer::{tokenizer_from_gguf, TextTokenizer};
+use gstick_nn::Network;
+
+#[derive(Args)]
+pub struct PplArgs {
+    /// A GGUF file (Llama, SmolLM2, Qwen2).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Plain-text evaluation file (the asset script writes wiki/eval.txt).
+    #[arg(long)]
+    pub text: PathBuf,
+    #[arg(long, default_value_t = 2048)]
+    pub seqlen: usize,
+    /// Number of windows (default: every whole window of the text).
+    #[arg(long)]
+    pub windows: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: usize,
+    /// Sample with this temperature instead of greedy decoding.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Loads a causal LM and its tokenizer from a GGUF file.
+pub fn load_lm(path: &Path) -> Result<(Network, TextTokenizer)> {
+    if path.is_dir() {
+        bail!("{}: Hugging Face checkpoint directories are not supported yet; pass a .gguf file", path.display());
+    }
+    let gguf = Gguf::open(path)?;
+    let tokenizer = tokenizer_from_gguf(&gguf)?;
+    let (net, _) = load_llama_gguf(&gguf).with_context(|| format!("building the model from {}", path.display()))?;
+    Ok((net, tokenizer))
+}
+
+pub fn ppl(args: PplArgs) -> Result<()> {
+    let (net, tokenizer) = load_lm(&args.model)?;
+    let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
+    let ids = tokenizer.encode(&text)?;
+    let bar = std::io::stderr().is_terminal().then(|| indicatif::ProgressBar::new(0));
+    let report = gstick_eval::perplexity(&net, &ids, args.seqlen, args.windows, |done, total| {
+        if let Some(bar) = &bar {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if args.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["text_tokens"] = ids.len().into();
+        println!("{v}");
+    } else {
+        println!(
+            "perplexity {:.4} over {} windows of {} tokens ({:.1} s, {:.0} tokens/s)",
+            report.ppl, report.windows, report.seqlen, report.seconds, report.tokens_per_s
+        );
+    }
+    Ok(())
+}
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let (net, tokenizer) = load_lm(&args.model)?;
+    let prompt = tokenizer.encode(&args.prompt)?;
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let sampling = match args.temperature {
+        None => Sampling::Greedy,
+        Some(t) if t > 0.0 => Sampling::Temperature { temperature: t, seed: args.seed },
+        Some(t) => bail!("--temperature must be positive, got {t}"),
+    };
+    print!("{}", args.prompt);
+    let mut out = std::io::stdout();
+    let mut shown = String::new();
+    let mut new_ids = Vec::new();
+    run_generation(&net, &prompt, args.max_tokens, sampling, tokenizer.eos, |id| {
+        // Decode the whole continuation each time so multi-byte characters print whole.
+        new_ids.push(id);
+        if let Ok(text) = tokenizer.decode(&new_ids) {
+            if let Some(fresh) = text.strip_prefix(shown.as_str()) {
+                print!("{fresh}");
+                let _ = out.flush();
+            }
+            shown = text;
+        }
+    })?;
+    println!();
+    Ok(())
+}
