@@ -46,19 +46,26 @@ pub struct GenerateArgs {
 /// Loads a causal LM and its tokenizer from a GGUF file.
 pub fn load_lm(path: &Path) -> Result<(Network, TextTokenizer)> {
     if path.is_dir() {
-        bail!("{}: Hugging Face checkpoint directories are not supported yet; pass a .gguf file", path.display());
+        bail!(
+            "{}: Hugging Face checkpoint directories are not supported yet; pass a .gguf file",
+            path.display()
+        );
     }
     let gguf = Gguf::open(path)?;
     let tokenizer = tokenizer_from_gguf(&gguf)?;
-    let (net, _) = load_llama_gguf(&gguf).with_context(|| format!("building the model from {}", path.display()))?;
+    let (net, _) = load_llama_gguf(&gguf)
+        .with_context(|| format!("building the model from {}", path.display()))?;
     Ok((net, tokenizer))
 }
 
 pub fn ppl(args: PplArgs) -> Result<()> {
     let (net, tokenizer) = load_lm(&args.model)?;
-    let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("reading {}", args.text.display()))?;
     let ids = tokenizer.encode(&text)?;
-    let bar = std::io::stderr().is_terminal().then(|| indicatif::ProgressBar::new(0));
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(|| indicatif::ProgressBar::new(0));
     let report = gstick_eval::perplexity(&net, &ids, args.seqlen, args.windows, |done, total| {
         if let Some(bar) = &bar {
             bar.set_length(total as u64);
@@ -89,24 +96,34 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     }
     let sampling = match args.temperature {
         None => Sampling::Greedy,
-        Some(t) if t > 0.0 => Sampling::Temperature { temperature: t, seed: args.seed },
+        Some(t) if t > 0.0 => Sampling::Temperature {
+            temperature: t,
+            seed: args.seed,
+        },
         Some(t) => bail!("--temperature must be positive, got {t}"),
     };
     print!("{}", args.prompt);
     let mut out = std::io::stdout();
     let mut shown = String::new();
     let mut new_ids = Vec::new();
-    run_generation(&net, &prompt, args.max_tokens, sampling, tokenizer.eos, |id| {
-        // Decode the whole continuation each time so multi-byte characters print whole.
-        new_ids.push(id);
-        if let Ok(text) = tokenizer.decode(&new_ids) {
-            if let Some(fresh) = text.strip_prefix(shown.as_str()) {
-                print!("{fresh}");
-                let _ = out.flush();
+    run_generation(
+        &net,
+        &prompt,
+        args.max_tokens,
+        sampling,
+        tokenizer.eos,
+        |id| {
+            // Decode the whole continuation each time so multi-byte characters print whole.
+            new_ids.push(id);
+            if let Ok(text) = tokenizer.decode(&new_ids) {
+                if let Some(fresh) = text.strip_prefix(shown.as_str()) {
+                    print!("{fresh}");
+                    let _ = out.flush();
+                }
+                shown = text;
             }
-            shown = text;
-        }
-    })?;
+        },
+    )?;
     println!();
     Ok(())
 }

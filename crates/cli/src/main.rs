@@ -1,5 +1,6 @@
 //! `gstick`: the Golden Stick command line.
 
+mod allocator;
 mod bench;
 mod datasets;
 mod graph_cmd;
@@ -54,12 +55,22 @@ enum EvalKind {
 fn main() {
     // Before any thread starts (see the function's note).
     gstick_nn::kernels::tune_candle_threads();
+    allocator::configure();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train_cmd::train(args),
-        Command::Eval(EvalCommand { kind: None, accuracy }) => train_cmd::eval(accuracy),
-        Command::Eval(EvalCommand { kind: Some(EvalKind::Accuracy(args)), .. }) => train_cmd::eval(args),
-        Command::Eval(EvalCommand { kind: Some(EvalKind::Ppl(args)), .. }) => llm_cmd::ppl(args),
+        Command::Eval(EvalCommand {
+            kind: None,
+            accuracy,
+        }) => train_cmd::eval(accuracy),
+        Command::Eval(EvalCommand {
+            kind: Some(EvalKind::Accuracy(args)),
+            ..
+        }) => train_cmd::eval(args),
+        Command::Eval(EvalCommand {
+            kind: Some(EvalKind::Ppl(args)),
+            ..
+        }) => llm_cmd::ppl(args),
         Command::Generate(args) => llm_cmd::generate(args),
         Command::Graph(args) => graph_cmd::graph(args),
         Command::Bench(args) => bench::bench(args),

@@ -2,4 +2,4 @@
 
 mod perplexity;
 
-pub use perplexity::{perplexity, window_nll, PplReport};
+pub use perplexity::{perplexity, window_nll, PplReport, SplitLm};

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
-use gstick_nn::{Error, Executor, Mode, Network, Result};
+use gstick_nn::{Cell, CellCtx, Error, Executor, Mode, Network, Result};
 
 /// The result of a perplexity run.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -23,19 +23,69 @@ pub struct PplReport {
     pub window_nll: Vec<f64>,
 }
 
+/// A causal LM split into its body (token ids -> final hidden states) and its output head, so
+/// the head can run on a few positions at a time: full-window logits (2048 x 49152 f32 = 400 MB,
+/// and as much again for each temporary) would dominate time and memory.
+pub struct SplitLm {
+    body: Network,
+    head: Option<Box<dyn Cell>>,
+}
+
+impl SplitLm {
+    /// Splits off the output node when it is a cell with one input (the LM head); otherwise the
+    /// whole network is the body.
+    pub fn new(net: &Network) -> Result<Self> {
+        let mut body = net.clone();
+        let outputs = body.graph_outputs().to_vec();
+        if let [out] = outputs[..] {
+            let node = body.node(out)?;
+            if let (Some(cell), [input]) = (node.cell(), node.inputs()) {
+                let (head, input) = (cell.clone(), *input);
+                body.set_output(0, input)?;
+                body.erase(out)?;
+                return Ok(SplitLm {
+                    body,
+                    head: Some(head),
+                });
+            }
+        }
+        Ok(SplitLm { body, head: None })
+    }
+}
+
+/// Positions per head chunk: 64 x 49152 f32 logits is 12.6 MB.
+const HEAD_CHUNK: usize = 64;
+
 /// Sum of the next-token NLL over one window of token ids (in f64), and the number of predictions.
-pub fn window_nll(exec: &mut Executor, net: &Network, ids: &[u32]) -> Result<(f64, usize)> {
+pub fn window_nll(exec: &mut Executor, lm: &SplitLm, ids: &[u32]) -> Result<(f64, usize)> {
     if ids.len() < 2 {
         return Err(Error::Config("a window needs at least 2 tokens".into()));
     }
     let t = ids.len();
     let input = Tensor::from_vec(ids.to_vec(), (1, t), &Device::Cpu)?;
-    let logits = exec.forward1(net, &input)?.squeeze(0)?;
-    let logits = logits.narrow(0, 0, t - 1)?.to_dtype(DType::F32)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let targets = Tensor::from_vec(ids[1..].to_vec(), (t - 1, 1), &Device::Cpu)?;
-    let picked: Vec<f32> = log_probs.gather(&targets, 1)?.flatten_all()?.to_vec1()?;
-    Ok((picked.iter().map(|&v| -(v as f64)).sum(), t - 1))
+    let hidden = exec.forward1(&lm.body, &input)?.squeeze(0)?;
+    let mut total = 0f64;
+    let mut ctx_rng = gstick_nn::rng(0);
+    for start in (0..t - 1).step_by(HEAD_CHUNK) {
+        let n = HEAD_CHUNK.min(t - 1 - start);
+        let h = hidden.narrow(0, start, n)?;
+        let logits = match &lm.head {
+            Some(head) => head.forward(
+                &[h],
+                &mut CellCtx {
+                    mode: Mode::Eval,
+                    rng: &mut ctx_rng,
+                },
+            )?,
+            None => h,
+        };
+        let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+        let targets =
+            Tensor::from_vec(ids[start + 1..start + 1 + n].to_vec(), (n, 1), &Device::Cpu)?;
+        let picked: Vec<f32> = log_probs.gather(&targets, 1)?.flatten_all()?.to_vec1()?;
+        total += picked.iter().map(|&v| -(v as f64)).sum::<f64>();
+    }
+    Ok((total, t - 1))
 }
 
 /// Perplexity of `net` over the first `windows` windows of `seqlen` tokens of `ids` (all whole
@@ -48,7 +98,9 @@ pub fn perplexity(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<PplReport> {
     if seqlen < 2 {
-        return Err(Error::Config(format!("seqlen must be at least 2, got {seqlen}")));
+        return Err(Error::Config(format!(
+            "seqlen must be at least 2, got {seqlen}"
+        )));
     }
     let available = ids.len() / seqlen;
     let windows = windows.unwrap_or(available);
@@ -58,13 +110,16 @@ pub fn perplexity(
             ids.len()
         )));
     }
+    let lm = SplitLm::new(net)?;
     let mut exec = Executor::new(Mode::Eval, 0);
     let started = Instant::now();
     let (mut total, mut count, mut per_window) = (0f64, 0usize, Vec::with_capacity(windows));
     for w in 0..windows {
-        let (sum, n) = window_nll(&mut exec, net, &ids[w * seqlen..(w + 1) * seqlen])?;
+        let (sum, n) = window_nll(&mut exec, &lm, &ids[w * seqlen..(w + 1) * seqlen])?;
         if !sum.is_finite() {
-            return Err(Error::Config(format!("window {w}: the negative log-likelihood is not finite")));
+            return Err(Error::Config(format!(
+                "window {w}: the negative log-likelihood is not finite"
+            )));
         }
         total += sum;
         count += n;

@@ -12,7 +12,10 @@ use crate::Result;
 pub enum Sampling {
     Greedy,
     /// Softmax(logits / temperature), drawn with a generator seeded by `seed`.
-    Temperature { temperature: f64, seed: u64 },
+    Temperature {
+        temperature: f64,
+        seed: u64,
+    },
 }
 
 /// Extends `prompt` by up to `max_tokens` tokens, stopping after `eos` if given. Calls
@@ -34,11 +37,17 @@ pub fn generate(
     let mut new = Vec::with_capacity(max_tokens);
     for _ in 0..max_tokens {
         let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu)?;
-        let logits = exec.forward1(net, &input)?.squeeze(0)?.get(ids.len() - 1)?.to_dtype(DType::F32)?;
+        let logits = exec
+            .forward1(net, &input)?
+            .squeeze(0)?
+            .get(ids.len() - 1)?
+            .to_dtype(DType::F32)?;
         let next = match sampling {
             Sampling::Greedy => logits.argmax(0)?.to_scalar::<u32>()?,
             Sampling::Temperature { temperature, .. } => {
-                let probs: Vec<f32> = candle_nn::ops::softmax_last_dim(&(logits / temperature.max(1e-6))?)?.to_vec1()?;
+                let probs: Vec<f32> =
+                    candle_nn::ops::softmax_last_dim(&(logits / temperature.max(1e-6))?)?
+                        .to_vec1()?;
                 let mut r: f32 = rng.random();
                 let mut chosen = probs.len() - 1;
                 for (i, p) in probs.iter().enumerate() {

@@ -107,13 +107,27 @@ const MAX_NESTING: usize = 4;
 impl Gguf {
     /// Opens and validates `path`; tensor data stays in the memory map until asked for.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| load_error(path, format!("cannot open: {e}")))?;
+        let file =
+            std::fs::File::open(path).map_err(|e| load_error(path, format!("cannot open: {e}")))?;
         // SAFETY: the map is read-only; a file changed underneath us can give wrong values but
         // every access below is bounds-checked against the map's length.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| load_error(path, format!("cannot map: {e}")))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| load_error(path, format!("cannot map: {e}")))?;
         let parsed = parse(&map).map_err(|message| load_error(path, message))?;
-        let index = parsed.2.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Gguf { path: path.to_path_buf(), map, version: parsed.0, metadata: parsed.1, tensors: parsed.2, index })
+        let index = parsed
+            .2
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(Gguf {
+            path: path.to_path_buf(),
+            map,
+            version: parsed.0,
+            metadata: parsed.1,
+            tensors: parsed.2,
+            index,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -126,19 +140,29 @@ impl Gguf {
 
     /// A required metadata value, or an error naming the key.
     pub fn require(&self, key: &str) -> Result<&MetaValue> {
-        self.get(key).ok_or_else(|| load_error(&self.path, format!("missing metadata `{key}`")))
+        self.get(key)
+            .ok_or_else(|| load_error(&self.path, format!("missing metadata `{key}`")))
     }
 
     pub fn require_u64(&self, key: &str) -> Result<u64> {
-        self.require(key)?.as_u64().ok_or_else(|| load_error(&self.path, format!("metadata `{key}` is not an unsigned integer")))
+        self.require(key)?.as_u64().ok_or_else(|| {
+            load_error(
+                &self.path,
+                format!("metadata `{key}` is not an unsigned integer"),
+            )
+        })
     }
 
     pub fn require_f64(&self, key: &str) -> Result<f64> {
-        self.require(key)?.as_f64().ok_or_else(|| load_error(&self.path, format!("metadata `{key}` is not a number")))
+        self.require(key)?
+            .as_f64()
+            .ok_or_else(|| load_error(&self.path, format!("metadata `{key}` is not a number")))
     }
 
     pub fn require_str(&self, key: &str) -> Result<&str> {
-        self.require(key)?.as_str().ok_or_else(|| load_error(&self.path, format!("metadata `{key}` is not a string")))
+        self.require(key)?
+            .as_str()
+            .ok_or_else(|| load_error(&self.path, format!("metadata `{key}` is not a string")))
     }
 
     pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo> {
@@ -157,13 +181,18 @@ impl Gguf {
     /// A tensor dequantized to f32, in row-major shape.
     pub fn dequantize(&self, name: &str) -> Result<Tensor> {
         let t = self.tensor_info(name)?;
-        let values = t.ty.dequantize(self.tensor_bytes(name)?, t.elements()).map_err(|e| load_error(&self.path, format!("tensor `{name}`: {e}")))?;
+        let values =
+            t.ty.dequantize(self.tensor_bytes(name)?, t.elements())
+                .map_err(|e| load_error(&self.path, format!("tensor `{name}`: {e}")))?;
         Ok(Tensor::from_vec(values, t.shape(), &Device::Cpu)?)
     }
 }
 
 fn load_error(path: &Path, message: String) -> Error {
-    Error::Load { path: path.display().to_string(), message }
+    Error::Load {
+        path: path.display().to_string(),
+        message,
+    }
 }
 
 /// Bounds-checked little-endian reader.
@@ -175,7 +204,13 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
-        let end = end.ok_or_else(|| format!("truncated: {what} at byte {} needs {n} bytes, the file has {}", self.pos, self.data.len()))?;
+        let end = end.ok_or_else(|| {
+            format!(
+                "truncated: {what} at byte {} needs {n} bytes, the file has {}",
+                self.pos,
+                self.data.len()
+            )
+        })?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -246,12 +281,17 @@ type Parsed = (u32, BTreeMap<String, MetaValue>, Vec<TensorInfo>);
 
 fn parse(data: &[u8]) -> Result<Parsed, String> {
     let mut c = Cursor { data, pos: 0 };
-    if c.take(4, "magic").map_err(|_| "not a GGUF file (too short)".to_string())? != b"GGUF" {
+    if c.take(4, "magic")
+        .map_err(|_| "not a GGUF file (too short)".to_string())?
+        != b"GGUF"
+    {
         return Err("not a GGUF file (bad magic)".into());
     }
     let version = c.u32("version")?;
     if !(2..=3).contains(&version) {
-        return Err(format!("GGUF version {version} is not supported (2 and 3 are)"));
+        return Err(format!(
+            "GGUF version {version} is not supported (2 and 3 are)"
+        ));
     }
     let tensor_count = c.count("tensor count", 8)?;
     let kv_count = c.count("metadata count", 8)?;
@@ -267,17 +307,27 @@ fn parse(data: &[u8]) -> Result<Parsed, String> {
         let name = c.string("tensor name")?;
         let n_dims = c.u32(&name)? as usize;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(format!("tensor `{name}` has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"));
+            return Err(format!(
+                "tensor `{name}` has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+            ));
         }
         let mut dims = Vec::with_capacity(n_dims);
         for _ in 0..n_dims {
             let d = c.u64(&name)?;
-            dims.push(usize::try_from(d).map_err(|_| format!("tensor `{name}`: dimension {d} too large"))?);
+            dims.push(
+                usize::try_from(d)
+                    .map_err(|_| format!("tensor `{name}`: dimension {d} too large"))?,
+            );
         }
         let ty = GgmlType::from_id(c.u32(&name)?).map_err(|e| format!("tensor `{name}`: {e}"))?;
         let offset = c.u64(&name)?;
-        let elements = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| format!("tensor `{name}`: size overflows"))?;
-        let bytes = ty.bytes_for(elements).map_err(|e| format!("tensor `{name}`: {e}"))?;
+        let elements = dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| format!("tensor `{name}`: size overflows"))?;
+        let bytes = ty
+            .bytes_for(elements)
+            .map_err(|e| format!("tensor `{name}`: {e}"))?;
         infos.push((name, dims, ty, offset, bytes));
     }
     let alignment = match metadata.get("general.alignment") {
@@ -295,9 +345,13 @@ fn parse(data: &[u8]) -> Result<Parsed, String> {
             return Err(format!("tensor `{name}` appears twice"));
         }
         if offset % alignment as u64 != 0 {
-            return Err(format!("tensor `{name}`: offset {offset} is not aligned to {alignment}"));
+            return Err(format!(
+                "tensor `{name}`: offset {offset} is not aligned to {alignment}"
+            ));
         }
-        let start = usize::try_from(offset).ok().and_then(|o| o.checked_add(data_start));
+        let start = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(data_start));
         let end = start.and_then(|s| s.checked_add(bytes));
         match (start, end) {
             (Some(start), Some(end)) if end <= data.len() => tensors.push(TensorInfo { name, dims, ty, offset: start, bytes }),

@@ -4,7 +4,9 @@
 //! hooks and quantization policies all speak the names users know.
 
 use candle_core::Tensor;
-use gstick_nn::cells::{Activation, ActivationKind, Add, CausalSelfAttention, Embedding, Linear, Mul, RmsNorm, Rope};
+use gstick_nn::cells::{
+    Activation, ActivationKind, Add, CausalSelfAttention, Embedding, Linear, Mul, RmsNorm, Rope,
+};
 use gstick_nn::{Cell, Network};
 
 use crate::gguf::Gguf;
@@ -32,17 +34,36 @@ impl LlamaConfig {
     /// Checks that the numbers describe a buildable model.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if [self.vocab, self.hidden, self.intermediate, self.layers, self.heads, self.kv_heads, self.head_dim].contains(&0) {
+        if [
+            self.vocab,
+            self.hidden,
+            self.intermediate,
+            self.layers,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+        ]
+        .contains(&0)
+        {
             return bad(format!("every size must be positive: {self:?}"));
         }
         if !self.heads.is_multiple_of(self.kv_heads) {
-            return bad(format!("{} attention heads are not a multiple of {} key/value heads", self.heads, self.kv_heads));
+            return bad(format!(
+                "{} attention heads are not a multiple of {} key/value heads",
+                self.heads, self.kv_heads
+            ));
         }
-        if self.head_dim % 2 != 0 {
-            return bad(format!("head dimension {} must be even for rotary embeddings", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "head dimension {} must be even for rotary embeddings",
+                self.head_dim
+            ));
         }
         if !(self.rope_theta > 0.0 && self.rms_eps > 0.0) {
-            return bad(format!("rope theta {} and RMSNorm eps {} must be positive", self.rope_theta, self.rms_eps));
+            return bad(format!(
+                "rope theta {} and RMSNorm eps {} must be positive",
+                self.rope_theta, self.rms_eps
+            ));
         }
         Ok(())
     }
@@ -60,7 +81,10 @@ impl LlamaConfig {
         let usize_of = |k: &str| -> Result<usize> { Ok(g.require_u64(&key(k))? as usize) };
         let hidden = usize_of("embedding_length")?;
         let heads = usize_of("attention.head_count")?;
-        let kv_heads = g.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).map_or(heads, |v| v as usize);
+        let kv_heads = g
+            .get(&key("attention.head_count_kv"))
+            .and_then(|v| v.as_u64())
+            .map_or(heads, |v| v as usize);
         let head_dim = match g.get(&key("attention.key_length")).and_then(|v| v.as_u64()) {
             Some(d) => d as usize,
             None if heads > 0 => hidden / heads,
@@ -68,7 +92,12 @@ impl LlamaConfig {
         };
         let vocab = match g.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
-            None => g.tensor_info("token_embd.weight")?.dims.get(1).copied().unwrap_or(0),
+            None => g
+                .tensor_info("token_embd.weight")?
+                .dims
+                .get(1)
+                .copied()
+                .unwrap_or(0),
         };
         let config = LlamaConfig {
             vocab,
@@ -78,7 +107,10 @@ impl LlamaConfig {
             heads,
             kv_heads,
             head_dim,
-            rope_theta: g.get(&key("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+            rope_theta: g
+                .get(&key("rope.freq_base"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10_000.0),
             rms_eps: g.require_f64(&key("attention.layer_norm_rms_epsilon"))?,
             tie_embeddings: g.tensor_info("output.weight").is_err(),
             qkv_bias: g.tensor_info("blk.0.attn_q.bias").is_ok(),
@@ -93,9 +125,19 @@ pub trait WeightSource {
     fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor>;
 }
 
-fn linear(src: &mut dyn WeightSource, name: &str, out: usize, inp: usize, bias: bool) -> Result<Box<dyn Cell>> {
+fn linear(
+    src: &mut dyn WeightSource,
+    name: &str,
+    out: usize,
+    inp: usize,
+    bias: bool,
+) -> Result<Box<dyn Cell>> {
     let w = src.weight(&format!("{name}.weight"), &[out, inp])?;
-    let b = if bias { Some(src.weight(&format!("{name}.bias"), &[out])?) } else { None };
+    let b = if bias {
+        Some(src.weight(&format!("{name}.bias"), &[out])?)
+    } else {
+        None
+    };
     Ok(Box::new(Linear::from_tensors(w, b)?))
 }
 
@@ -104,23 +146,82 @@ fn decoder_layer(c: &LlamaConfig, layer: usize, src: &mut dyn WeightSource) -> R
     let (h, q_width, kv_width) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
     let mut g = Network::new();
     let x = g.add_input("hidden_states");
-    let norm1 = RmsNorm::from_tensor(src.weight(&format!("{p}.input_layernorm.weight"), &[h])?, c.rms_eps)?;
+    let norm1 = RmsNorm::from_tensor(
+        src.weight(&format!("{p}.input_layernorm.weight"), &[h])?,
+        c.rms_eps,
+    )?;
     let n1 = g.add_cell("input_layernorm", Box::new(norm1), &[x])?;
-    let q = g.add_cell("self_attn.q_proj", linear(src, &format!("{p}.self_attn.q_proj"), q_width, h, c.qkv_bias)?, &[n1])?;
-    let k = g.add_cell("self_attn.k_proj", linear(src, &format!("{p}.self_attn.k_proj"), kv_width, h, c.qkv_bias)?, &[n1])?;
-    let v = g.add_cell("self_attn.v_proj", linear(src, &format!("{p}.self_attn.v_proj"), kv_width, h, c.qkv_bias)?, &[n1])?;
-    let rope = Rope { theta: c.rope_theta, linear_factor: 1.0 };
+    let q = g.add_cell(
+        "self_attn.q_proj",
+        linear(
+            src,
+            &format!("{p}.self_attn.q_proj"),
+            q_width,
+            h,
+            c.qkv_bias,
+        )?,
+        &[n1],
+    )?;
+    let k = g.add_cell(
+        "self_attn.k_proj",
+        linear(
+            src,
+            &format!("{p}.self_attn.k_proj"),
+            kv_width,
+            h,
+            c.qkv_bias,
+        )?,
+        &[n1],
+    )?;
+    let v = g.add_cell(
+        "self_attn.v_proj",
+        linear(
+            src,
+            &format!("{p}.self_attn.v_proj"),
+            kv_width,
+            h,
+            c.qkv_bias,
+        )?,
+        &[n1],
+    )?;
+    let rope = Rope {
+        theta: c.rope_theta,
+        linear_factor: 1.0,
+    };
     let attn = CausalSelfAttention::new(c.heads, c.kv_heads, c.head_dim, rope)?;
     let a = g.add_cell("self_attn.attention", Box::new(attn), &[q, k, v])?;
-    let o = g.add_cell("self_attn.o_proj", linear(src, &format!("{p}.self_attn.o_proj"), h, q_width, false)?, &[a])?;
+    let o = g.add_cell(
+        "self_attn.o_proj",
+        linear(src, &format!("{p}.self_attn.o_proj"), h, q_width, false)?,
+        &[a],
+    )?;
     let r1 = g.add_cell("residual_attn", Box::new(Add), &[x, o])?;
-    let norm2 = RmsNorm::from_tensor(src.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?, c.rms_eps)?;
+    let norm2 = RmsNorm::from_tensor(
+        src.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+        c.rms_eps,
+    )?;
     let n2 = g.add_cell("post_attention_layernorm", Box::new(norm2), &[r1])?;
-    let gate = g.add_cell("mlp.gate_proj", linear(src, &format!("{p}.mlp.gate_proj"), c.intermediate, h, false)?, &[n2])?;
-    let up = g.add_cell("mlp.up_proj", linear(src, &format!("{p}.mlp.up_proj"), c.intermediate, h, false)?, &[n2])?;
-    let act = g.add_cell("mlp.act_fn", Box::new(Activation(ActivationKind::Silu)), &[gate])?;
+    let gate = g.add_cell(
+        "mlp.gate_proj",
+        linear(src, &format!("{p}.mlp.gate_proj"), c.intermediate, h, false)?,
+        &[n2],
+    )?;
+    let up = g.add_cell(
+        "mlp.up_proj",
+        linear(src, &format!("{p}.mlp.up_proj"), c.intermediate, h, false)?,
+        &[n2],
+    )?;
+    let act = g.add_cell(
+        "mlp.act_fn",
+        Box::new(Activation(ActivationKind::Silu)),
+        &[gate],
+    )?;
     let prod = g.add_cell("mlp.gate_up", Box::new(Mul), &[act, up])?;
-    let down = g.add_cell("mlp.down_proj", linear(src, &format!("{p}.mlp.down_proj"), h, c.intermediate, false)?, &[prod])?;
+    let down = g.add_cell(
+        "mlp.down_proj",
+        linear(src, &format!("{p}.mlp.down_proj"), h, c.intermediate, false)?,
+        &[prod],
+    )?;
     let r2 = g.add_cell("residual_mlp", Box::new(Add), &[r1, down])?;
     g.set_outputs(&[r2])?;
     Ok(g)
@@ -135,7 +236,10 @@ pub fn build_llama(c: &LlamaConfig, src: &mut dyn WeightSource) -> Result<Networ
     let embed = Embedding::from_tensor(embed_weight)?;
     let head: Box<dyn Cell> = if c.tie_embeddings {
         // Shares the embedding's storage: one tensor, two uses.
-        Box::new(Linear { weight: embed.weight.clone(), bias: None })
+        Box::new(Linear {
+            weight: embed.weight.clone(),
+            bias: None,
+        })
     } else {
         linear(src, "lm_head", c.vocab, c.hidden, false)?
     };
@@ -197,16 +301,22 @@ pub fn unpermute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
     let rest: usize = dims[1..].iter().product();
-    if heads == 0 || rows % (heads * 2) != 0 {
-        return Err(Error::Config(format!("cannot un-permute {rows} rows into {heads} heads")));
+    if heads == 0 || !rows.is_multiple_of(heads * 2) {
+        return Err(Error::Config(format!(
+            "cannot un-permute {rows} rows into {heads} heads"
+        )));
     }
     let half = rows / heads / 2;
-    Ok(t.reshape((heads, half, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
+    Ok(t.reshape((heads, half, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
 }
 
 impl WeightSource for GgufWeights<'_> {
     fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let gguf_name = gguf_name(name).ok_or_else(|| Error::Config(format!("no GGUF name for `{name}`")))?;
+        let gguf_name =
+            gguf_name(name).ok_or_else(|| Error::Config(format!("no GGUF name for `{name}`")))?;
         let info = self.gguf.tensor_info(&gguf_name)?;
         if info.shape() != shape {
             return Err(Error::Load {
@@ -231,7 +341,11 @@ impl WeightSource for GgufWeights<'_> {
 pub fn load_llama_gguf(gguf: &Gguf) -> Result<(Network, LlamaConfig)> {
     let config = LlamaConfig::from_gguf(gguf)?;
     let permuted_qk = gguf.require_str("general.architecture")? == "llama";
-    let mut src = GgufWeights { gguf, config: config.clone(), permuted_qk };
+    let mut src = GgufWeights {
+        gguf,
+        config: config.clone(),
+        permuted_qk,
+    };
     let net = build_llama(&config, &mut src)?;
     Ok((net, config))
 }

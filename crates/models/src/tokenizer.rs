@@ -22,7 +22,10 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Token ids of `text`, without special tokens (and with BOS first when the model asks for it).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Config(format!("tokenizing: {e}")))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Config(format!("tokenizing: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if let (true, Some(bos)) = (self.add_bos, self.bos) {
             ids.push(bos);
@@ -32,17 +35,31 @@ impl TextTokenizer {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| Error::Config(format!("decoding: {e}")))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::Config(format!("decoding: {e}")))
     }
 }
 
 fn strings(g: &Gguf, key: &str) -> Result<Vec<String>> {
-    let arr = g.require(key)?.as_array().ok_or_else(|| bad(g, format!("`{key}` is not an array")))?;
-    arr.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad(g, format!("`{key}` holds a non-string")))).collect()
+    let arr = g
+        .require(key)?
+        .as_array()
+        .ok_or_else(|| bad(g, format!("`{key}` is not an array")))?;
+    arr.iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| bad(g, format!("`{key}` holds a non-string")))
+        })
+        .collect()
 }
 
 fn bad(g: &Gguf, message: String) -> Error {
-    Error::Load { path: g.path().display().to_string(), message }
+    Error::Load {
+        path: g.path().display().to_string(),
+        message,
+    }
 }
 
 /// Builds the tokenizer of a GGUF file: BPE over the vocabulary and merges, digits split one by
@@ -50,33 +67,58 @@ fn bad(g: &Gguf, message: String) -> Error {
 pub fn tokenizer_from_gguf(g: &Gguf) -> Result<TextTokenizer> {
     let model = g.require_str("tokenizer.ggml.model")?;
     if model != "gpt2" {
-        return Err(bad(g, format!("tokenizer model `{model}` is not supported (gpt2 byte-level BPE is)")));
+        return Err(bad(
+            g,
+            format!("tokenizer model `{model}` is not supported (gpt2 byte-level BPE is)"),
+        ));
     }
     let tokens = strings(g, "tokenizer.ggml.tokens")?;
     let merges: Vec<(String, String)> = strings(g, "tokenizer.ggml.merges")?
         .into_iter()
-        .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| bad(g, format!("merge `{m}` is not two tokens"))))
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| bad(g, format!("merge `{m}` is not two tokens")))
+        })
         .collect::<Result<_>>()?;
-    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .build()
         .map_err(|e| bad(g, format!("invalid BPE vocabulary: {e}")))?;
     let mut tok = Tokenizer::new(bpe);
-    let pre = Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]);
+    let pre = Sequence::new(vec![
+        Digits::new(true).into(),
+        ByteLevel::new(false, true, true).into(),
+    ]);
     tok.with_pre_tokenizer(Some(pre));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
     // Control (3) and user-defined (4) tokens match as whole units, never split.
-    if let Some(types) = g.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+    if let Some(types) = g
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_array())
+    {
         let special: Vec<AddedToken> = types
             .iter()
             .zip(&tokens)
             .filter(|(ty, _)| matches!(ty.as_u64(), Some(3) | Some(4)))
             .map(|(_, t)| AddedToken::from(t.clone(), true))
             .collect();
-        tok.add_special_tokens(special).map_err(|e| bad(g, format!("special tokens: {e}")))?;
+        tok.add_special_tokens(special)
+            .map_err(|e| bad(g, format!("special tokens: {e}")))?;
     }
     let id = |k: &str| g.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
-    let add_bos = g.get("tokenizer.ggml.add_bos_token").is_some_and(|v| *v == crate::gguf::MetaValue::Bool(true));
-    Ok(TextTokenizer { inner: tok, bos: id("tokenizer.ggml.bos_token_id"), eos: id("tokenizer.ggml.eos_token_id"), add_bos })
+    let add_bos = g
+        .get("tokenizer.ggml.add_bos_token")
+        .is_some_and(|v| *v == crate::gguf::MetaValue::Bool(true));
+    Ok(TextTokenizer {
+        inner: tok,
+        bos: id("tokenizer.ggml.bos_token_id"),
+        eos: id("tokenizer.ggml.eos_token_id"),
+        add_bos,
+    })
 }

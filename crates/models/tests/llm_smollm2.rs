@@ -12,12 +12,18 @@ use gstick_nn::{Executor, Mode, Network};
 
 fn smollm2_path() -> PathBuf {
     let p = gstick_data::assets_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-assets.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-assets.sh",
+        p.display()
+    );
     p
 }
 
 fn fixture(name: &str) -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
@@ -30,25 +36,54 @@ fn model() -> &'static (Network, LlamaConfig) {
 fn logits(ids: &[u32]) -> Tensor {
     let input = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap();
     let mut exec = Executor::new(Mode::Eval, 0);
-    exec.forward1(&model().0, &input).unwrap().squeeze(0).unwrap()
+    exec.forward1(&model().0, &input)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
 }
 
 fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
 fn gguf_metadata_and_config() {
     let g = Gguf::open(&smollm2_path()).unwrap();
     assert_eq!(g.version, 3);
-    assert_eq!(g.get("general.architecture"), Some(&MetaValue::String("llama".into())));
+    assert_eq!(
+        g.get("general.architecture"),
+        Some(&MetaValue::String("llama".into()))
+    );
     let c = LlamaConfig::from_gguf(&g).unwrap();
-    assert_eq!((c.layers, c.hidden, c.intermediate, c.heads, c.kv_heads, c.head_dim), (30, 576, 1536, 9, 3, 64));
-    assert_eq!((c.vocab, c.rope_theta, c.tie_embeddings), (49152, 100000.0, true));
+    assert_eq!(
+        (
+            c.layers,
+            c.hidden,
+            c.intermediate,
+            c.heads,
+            c.kv_heads,
+            c.head_dim
+        ),
+        (30, 576, 1536, 9, 3, 64)
+    );
+    assert_eq!(
+        (c.vocab, c.rope_theta, c.tie_embeddings),
+        (49152, 100000.0, true)
+    );
     let params: usize = g.tensors.iter().map(|t| t.elements()).sum();
     assert_eq!(params, 134_515_008, "ASSETS.md's parameter count");
-    assert_eq!(g.tensor_info("blk.0.attn_q.weight").unwrap().ty, gstick_quant::GgmlType::Q4_1);
-    assert_eq!(g.tensor_info("token_embd.weight").unwrap().ty, gstick_quant::GgmlType::Q8_0);
+    assert_eq!(
+        g.tensor_info("blk.0.attn_q.weight").unwrap().ty,
+        gstick_quant::GgmlType::Q4_1
+    );
+    assert_eq!(
+        g.tensor_info("token_embd.weight").unwrap().ty,
+        gstick_quant::GgmlType::Q8_0
+    );
 }
 
 #[test]
@@ -57,11 +92,27 @@ fn gguf_dequantization_matches_candles_reader() {
     let ours = Gguf::open(&path).unwrap();
     let mut file = std::fs::File::open(&path).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
-    for name in ["blk.3.attn_k.weight", "blk.29.ffn_down.weight", "token_embd.weight", "output_norm.weight"] {
-        let theirs = content.tensor(&mut file, name, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
+    for name in [
+        "blk.3.attn_k.weight",
+        "blk.29.ffn_down.weight",
+        "token_embd.weight",
+        "output_norm.weight",
+    ] {
+        let theirs = content
+            .tensor(&mut file, name, &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
         let mine = ours.dequantize(name).unwrap();
         assert_eq!(mine.dims(), theirs.dims(), "{name}");
-        let diff = (mine - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (mine - theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(diff, 0.0, "{name}");
     }
 }
@@ -75,7 +126,11 @@ fn tokenizer_matches_transformers() {
     for case in f["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         assert_eq!(tok.encode(text).unwrap(), ids_of(&case["ids"]), "{text:?}");
-        assert_eq!(tok.decode(&ids_of(&case["ids"])).unwrap(), case["decoded"].as_str().unwrap(), "{text:?}");
+        assert_eq!(
+            tok.decode(&ids_of(&case["ids"])).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "{text:?}"
+        );
     }
 }
 
@@ -87,11 +142,19 @@ fn logits_match_transformers_within_1e_3() {
     let ours = logits(&ids);
     assert_eq!(ours.dims(), &[64, 49152]);
     let vocab = ids_of(&f["vocab_ids"]);
-    let picked = ours.index_select(&Tensor::new(vocab.as_slice(), &Device::Cpu).unwrap(), 1).unwrap();
+    let picked = ours
+        .index_select(&Tensor::new(vocab.as_slice(), &Device::Cpu).unwrap(), 1)
+        .unwrap();
     let picked: Vec<Vec<f32>> = picked.to_vec2().unwrap();
     let argmax: Vec<u32> = ours.argmax(1).unwrap().to_vec1().unwrap();
     let maxes: Vec<f32> = ours.max(1).unwrap().to_vec1().unwrap();
-    let sums: Vec<f64> = ours.to_dtype(DType::F64).unwrap().sum(1).unwrap().to_vec1().unwrap();
+    let sums: Vec<f64> = ours
+        .to_dtype(DType::F64)
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let mut worst = 0f64;
     for pos in 0..64 {
         let reference = f["logits"][pos].as_array().unwrap();
@@ -99,9 +162,17 @@ fn logits_match_transformers_within_1e_3() {
             worst = worst.max((picked[pos][i] as f64 - r.as_f64().unwrap()).abs());
         }
         worst = worst.max((maxes[pos] as f64 - f["logits_max"][pos].as_f64().unwrap()).abs());
-        assert_eq!(argmax[pos] as u64, f["argmax_id"][pos].as_u64().unwrap(), "argmax at position {pos}");
+        assert_eq!(
+            argmax[pos] as u64,
+            f["argmax_id"][pos].as_u64().unwrap(),
+            "argmax at position {pos}"
+        );
         let sum_ref = f["logits_sum"][pos].as_f64().unwrap();
-        assert!((sums[pos] - sum_ref).abs() < 1e-3 * 49152.0, "logit sum at {pos}: {} vs {sum_ref}", sums[pos]);
+        assert!(
+            (sums[pos] - sum_ref).abs() < 1e-3 * 49152.0,
+            "logit sum at {pos}: {} vs {sum_ref}",
+            sums[pos]
+        );
     }
     eprintln!("SmolLM2 logits: max |ours - transformers| = {worst:.2e}");
     assert!(worst < 1e-3, "max abs difference {worst}");
@@ -134,7 +205,10 @@ fn open_error(name: &str, bytes: &[u8]) -> String {
         Err(e) => e.to_string(),
     };
     let _ = std::fs::remove_file(&p);
-    assert!(err.contains(name), "{name}: error should name the file: {err}");
+    assert!(
+        err.contains(name),
+        "{name}: error should name the file: {err}"
+    );
     err
 }
 
@@ -159,7 +233,7 @@ fn tiny_gguf(tensor_type: u32, dims: &[u64], data_len: usize) -> Vec<u8> {
     }
     v.extend(tensor_type.to_le_bytes());
     v.extend(0u64.to_le_bytes());
-    while v.len() % 32 != 0 {
+    while !v.len().is_multiple_of(32) {
         v.push(0);
     }
     v.extend(std::iter::repeat_n(0u8, data_len));
@@ -187,7 +261,9 @@ fn hostile_gguf_files_give_clear_errors() {
     assert!(open_error("type.gguf", &tiny_gguf(77, &[4], 16)).contains("unknown GGML type id 77"));
     assert!(open_error("blocks.gguf", &tiny_gguf(8, &[5], 64)).contains("not a whole number"));
     assert!(open_error("dims.gguf", &tiny_gguf(0, &[1, 1, 1, 1, 1], 4)).contains("5 dimensions"));
-    assert!(open_error("overflow.gguf", &tiny_gguf(0, &[u64::MAX / 2, 4], 16)).contains("overflow"));
+    assert!(
+        open_error("overflow.gguf", &tiny_gguf(0, &[u64::MAX / 2, 4], 16)).contains("overflow")
+    );
     let mut huge_count = tiny_gguf(0, &[4], 16);
     huge_count[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(open_error("count.gguf", &huge_count).contains("more than the file can hold"));
@@ -206,9 +282,22 @@ fn wrong_tensor_shapes_and_types_are_named() {
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("tiny.gguf");
     std::fs::write(&p, tiny_gguf(0, &[4], 16)).unwrap();
-    let err = LlamaConfig::from_gguf(&Gguf::open(&p).unwrap()).unwrap_err().to_string();
-    assert!(err.contains("missing metadata `llama.embedding_length`"), "{err}");
+    let err = LlamaConfig::from_gguf(&Gguf::open(&p).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing metadata `llama.embedding_length`"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
-    let bad = LlamaConfig { heads: 9, kv_heads: 4, ..model().1.clone() };
-    assert!(bad.validate().unwrap_err().to_string().contains("not a multiple"));
+    let bad = LlamaConfig {
+        heads: 9,
+        kv_heads: 4,
+        ..model().1.clone()
+    };
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("not a multiple"));
 }

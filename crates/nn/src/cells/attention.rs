@@ -24,12 +24,22 @@ pub struct CausalSelfAttention {
 
 impl CausalSelfAttention {
     pub fn new(heads: usize, kv_heads: usize, head_dim: usize, rope: Rope) -> Result<Self> {
-        if heads == 0 || kv_heads == 0 || head_dim == 0 || head_dim % 2 != 0 || heads % kv_heads != 0 {
+        if heads == 0
+            || kv_heads == 0
+            || head_dim == 0
+            || !head_dim.is_multiple_of(2)
+            || !heads.is_multiple_of(kv_heads)
+        {
             return Err(Error::Config(format!(
                 "attention needs heads divisible by kv_heads and an even head_dim (heads {heads}, kv_heads {kv_heads}, head_dim {head_dim})"
             )));
         }
-        Ok(CausalSelfAttention { heads, kv_heads, head_dim, rope })
+        Ok(CausalSelfAttention {
+            heads,
+            kv_heads,
+            head_dim,
+            rope,
+        })
     }
 
     /// cos and sin tables (T, head_dim) for positions 0..t, duplicated over the two halves.
@@ -39,7 +49,9 @@ impl CausalSelfAttention {
         let mut sin = Vec::with_capacity(t * self.head_dim);
         for pos in 0..t {
             let p = pos as f64 / self.rope.linear_factor;
-            let row: Vec<f64> = (0..half).map(|i| p * self.rope.theta.powf(-2.0 * i as f64 / self.head_dim as f64)).collect();
+            let row: Vec<f64> = (0..half)
+                .map(|i| p * self.rope.theta.powf(-2.0 * i as f64 / self.head_dim as f64))
+                .collect();
             for _ in 0..2 {
                 cos.extend(row.iter().map(|a| a.cos() as f32));
                 sin.extend(row.iter().map(|a| a.sin() as f32));
@@ -62,9 +74,14 @@ impl CausalSelfAttention {
     fn split_heads(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
         let (b, t, width) = x.dims3()?;
         if width != heads * self.head_dim {
-            return Err(Error::Config(format!("attention input width {width}, expected {heads} heads x {}", self.head_dim)));
+            return Err(Error::Config(format!(
+                "attention input width {width}, expected {heads} heads x {}",
+                self.head_dim
+            )));
         }
-        Ok(x.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        Ok(x.reshape((b, t, heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
     }
 }
 
@@ -75,32 +92,78 @@ impl Cell for CausalSelfAttention {
 
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
         let [q, k, v] = inputs else {
-            return Err(Error::Arity { kind: "CausalSelfAttention", expected: "3 (q, k, v)".into(), got: inputs.len() });
+            return Err(Error::Arity {
+                kind: "CausalSelfAttention",
+                expected: "3 (q, k, v)".into(),
+                got: inputs.len(),
+            });
         };
         let (b, t, _) = q.dims3()?;
         let (cos, sin) = self.rope_tables(t, q.dtype(), q.device())?;
         let q = Self::rotate(&self.split_heads(q, self.heads)?, &cos, &sin)?;
         let k = Self::rotate(&self.split_heads(k, self.kv_heads)?, &cos, &sin)?;
         let v = self.split_heads(v, self.kv_heads)?;
-        // Grouped-query attention: query head h reads key/value head h / group.
+        // Grouped-query attention: query head h reads key/value head h / group. Queries go in
+        // blocks of rows so the score matrix stays small (cache-sized, no huge allocations) and
+        // each block only reads the keys it may attend to.
         let group = self.heads / self.kv_heads;
-        let q = q.reshape((b, self.kv_heads, group * t, self.head_dim))?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        let scores = scores.reshape((b, self.kv_heads, group, t, t))?;
-        let scores = scores.broadcast_add(&causal_mask(t, scores.dtype(), scores.device())?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
-        let out = probs.reshape((b, self.kv_heads, group * t, t))?.matmul(&v)?;
-        let out = out.reshape((b, self.heads, t, self.head_dim))?.transpose(1, 2)?;
+        let q = (q.reshape((b, self.kv_heads, group, t, self.head_dim))?
+            / (self.head_dim as f64).sqrt())?;
+        let mut blocks = Vec::with_capacity(t.div_ceil(QUERY_BLOCK));
+        for r0 in (0..t).step_by(QUERY_BLOCK) {
+            let rows = QUERY_BLOCK.min(t - r0);
+            let keys = r0 + rows;
+            let qb =
+                q.narrow(3, r0, rows)?
+                    .reshape((b, self.kv_heads, group * rows, self.head_dim))?;
+            let kb = k.narrow(2, 0, keys)?;
+            let vb = v.narrow(2, 0, keys)?;
+            let scores = qb
+                .matmul(&kb.t()?)?
+                .reshape((b, self.kv_heads, group, rows, keys))?;
+            let scores = scores.broadcast_add(&causal_mask(
+                r0,
+                rows,
+                keys,
+                scores.dtype(),
+                scores.device(),
+            )?)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let out = probs
+                .reshape((b, self.kv_heads, group * rows, keys))?
+                .matmul(&vb)?;
+            blocks.push(out.reshape((b, self.kv_heads, group, rows, self.head_dim))?);
+        }
+        let out = Tensor::cat(&blocks, 3)?; // (B, kv, group, T, D) = (B, heads, T, D)
+        let out = out
+            .reshape((b, self.heads, t, self.head_dim))?
+            .transpose(1, 2)?;
         Ok(out.reshape((b, t, self.heads * self.head_dim))?)
     }
 
     fn summary(&self) -> String {
-        format!("{} heads, {} kv heads, head dim {}, rope theta {}", self.heads, self.kv_heads, self.head_dim, self.rope.theta)
+        format!(
+            "{} heads, {} kv heads, head dim {}, rope theta {}",
+            self.heads, self.kv_heads, self.head_dim, self.rope.theta
+        )
     }
 }
 
-/// (T, T) with 0 on and below the diagonal and -inf above it.
-fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
-    Ok(Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)?)
+/// Query rows per attention block: the largest score block (9 heads x 128 x 2048 f32) stays under
+/// the allocator's 16 MiB large-object limit, so its memory is reused instead of faulted in anew.
+const QUERY_BLOCK: usize = 128;
+
+/// (rows, keys) for query positions r0..r0+rows: 0 where the key position is at or before the
+/// query position, -inf after it.
+fn causal_mask(
+    r0: usize,
+    rows: usize,
+    keys: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..rows)
+        .flat_map(|i| (0..keys).map(move |j| if j <= r0 + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (rows, keys), device)?.to_dtype(dtype)?)
 }

@@ -1,8 +1,8 @@
 //! The built-in cells. Each file holds one family.
 
 mod activation;
-mod attention;
 mod arith;
+mod attention;
 mod batch_norm;
 mod conv2d;
 mod dropout;
@@ -13,8 +13,8 @@ mod pool;
 mod shape;
 
 pub use activation::{Activation, ActivationKind};
-pub use attention::{CausalSelfAttention, Rope};
 pub use arith::{Add, Mul};
+pub use attention::{CausalSelfAttention, Rope};
 pub use batch_norm::BatchNorm2d;
 pub use conv2d::{Conv2d, Conv2dConfig};
 pub use dropout::Dropout;
