@@ -1,4 +1,4 @@
-//! `gstick eval ppl` and `gstick generate`: causal language models.
+//! `gstick eval ppl`, `gstick generate` and `gstick convert`: causal language models.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -7,8 +7,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use gstick_models::generate::{generate as run_generation, Sampling};
 use gstick_models::gguf::Gguf;
-use gstick_models::llama::load_llama_gguf;
-use gstick_models::tokenizer::{tokenizer_from_gguf, TextTokenizer};
+use gstick_models::hf::HfCheckpoint;
+use gstick_models::hf_export::export_hf;
+use gstick_models::llama::{load_llama_gguf, load_llama_hf, LlamaConfig};
+use gstick_models::tokenizer::{tokenizer_from_gguf, tokenizer_from_hf, TextTokenizer};
 use gstick_nn::Network;
 
 #[derive(Args)]
@@ -43,23 +45,41 @@ pub struct GenerateArgs {
     pub seed: u64,
 }
 
-/// Loads a causal LM and its tokenizer from a GGUF file.
-pub fn load_lm(path: &Path) -> Result<(Network, TextTokenizer)> {
+/// Loads a causal LM and its tokenizer from a GGUF file or a Hugging Face checkpoint directory.
+pub fn load_lm(path: &Path) -> Result<(Network, LlamaConfig, TextTokenizer)> {
+    let context = || format!("building the model from {}", path.display());
     if path.is_dir() {
-        bail!(
-            "{}: Hugging Face checkpoint directories are not supported yet; pass a .gguf file",
-            path.display()
-        );
+        let ck = HfCheckpoint::open(path)?;
+        let tokenizer = tokenizer_from_hf(&ck)?;
+        let (net, config) = load_llama_hf(path).with_context(context)?;
+        return Ok((net, config, tokenizer));
     }
     let gguf = Gguf::open(path)?;
     let tokenizer = tokenizer_from_gguf(&gguf)?;
-    let (net, _) = load_llama_gguf(&gguf)
-        .with_context(|| format!("building the model from {}", path.display()))?;
-    Ok((net, tokenizer))
+    let (net, config) = load_llama_gguf(&gguf).with_context(context)?;
+    Ok((net, config, tokenizer))
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// A GGUF file or Hugging Face checkpoint directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Output Hugging Face directory (config.json, f32 model.safetensors, tokenizer.json); must
+    /// not exist yet.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn convert(args: ConvertArgs) -> Result<()> {
+    let (net, config, tokenizer) = load_lm(&args.model)?;
+    export_hf(&net, &config, &tokenizer, &args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
 }
 
 pub fn ppl(args: PplArgs) -> Result<()> {
-    let (net, tokenizer) = load_lm(&args.model)?;
+    let (net, _, tokenizer) = load_lm(&args.model)?;
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading {}", args.text.display()))?;
     let ids = tokenizer.encode(&text)?;
@@ -89,7 +109,7 @@ pub fn ppl(args: PplArgs) -> Result<()> {
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
-    let (net, tokenizer) = load_lm(&args.model)?;
+    let (net, _, tokenizer) = load_lm(&args.model)?;
     let prompt = tokenizer.encode(&args.prompt)?;
     if prompt.is_empty() {
         bail!("the prompt is empty");

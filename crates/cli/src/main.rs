@@ -27,6 +27,8 @@ enum Command {
     Train(train_cmd::TrainArgs),
     /// Evaluate a model: accuracy of a CNN (the default), or `eval ppl` for a language model.
     Eval(EvalCommand),
+    /// Convert a language model (GGUF or Hugging Face directory) to a Hugging Face directory.
+    Convert(llm_cmd::ConvertArgs),
     /// Generate text with a language model (greedy unless --temperature).
     Generate(llm_cmd::GenerateArgs),
     /// Print a model's node table, or write it as Graphviz DOT / SVG.
@@ -72,6 +74,7 @@ fn main() {
             ..
         }) => llm_cmd::ppl(args),
         Command::Generate(args) => llm_cmd::generate(args),
+        Command::Convert(args) => llm_cmd::convert(args),
         Command::Graph(args) => graph_cmd::graph(args),
         Command::Bench(args) => bench::bench(args),
     };

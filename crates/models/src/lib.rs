@@ -4,6 +4,8 @@
 mod error;
 pub mod generate;
 pub mod gguf;
+pub mod hf;
+pub mod hf_export;
 mod lenet;
 pub mod llama;
 mod mnistnet;

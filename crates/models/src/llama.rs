@@ -10,6 +10,7 @@ use gstick_nn::cells::{
 use gstick_nn::{Cell, Network};
 
 use crate::gguf::Gguf;
+use crate::hf::HfCheckpoint;
 use crate::{Error, Result};
 
 /// The shape of a Llama-family model.
@@ -28,6 +29,8 @@ pub struct LlamaConfig {
     pub tie_embeddings: bool,
     /// q/k/v projections have biases (Qwen2).
     pub qkv_bias: bool,
+    /// Linear RoPE position scaling (1.0: none).
+    pub rope_linear_factor: f64,
 }
 
 impl LlamaConfig {
@@ -59,13 +62,90 @@ impl LlamaConfig {
                 self.head_dim
             ));
         }
-        if !(self.rope_theta > 0.0 && self.rms_eps > 0.0) {
+        if !(self.rope_theta > 0.0 && self.rms_eps > 0.0 && self.rope_linear_factor > 0.0) {
             return bad(format!(
                 "rope theta {} and RMSNorm eps {} must be positive",
                 self.rope_theta, self.rms_eps
             ));
         }
         Ok(())
+    }
+
+    /// Reads a Hugging Face `config.json` (model_type llama, mistral or qwen2).
+    pub fn from_hf(ck: &HfCheckpoint) -> Result<Self> {
+        let cfg = &ck.config;
+        let bad = |m: String| Error::Load {
+            path: ck.dir().join("config.json").display().to_string(),
+            message: m,
+        };
+        let model_type = cfg["model_type"].as_str().unwrap_or("");
+        if !matches!(model_type, "llama" | "mistral" | "qwen2") {
+            return Err(bad(format!(
+                "model_type `{model_type}` is not supported (llama, mistral, qwen2)"
+            )));
+        }
+        let heads = ck.config_usize("num_attention_heads")?;
+        let hidden = ck.config_usize("hidden_size")?;
+        let rope_linear_factor = match &cfg["rope_scaling"] {
+            serde_json::Value::Null => 1.0,
+            scaling => match scaling["rope_type"].as_str().or(scaling["type"].as_str()) {
+                Some("default") => 1.0,
+                Some("linear") => scaling["factor"]
+                    .as_f64()
+                    .ok_or_else(|| bad("rope_scaling.factor is missing".into()))?,
+                other => {
+                    return Err(bad(format!(
+                        "RoPE scaling {other:?} is not supported yet (default, linear)"
+                    )))
+                }
+            },
+        };
+        let config = LlamaConfig {
+            vocab: ck.config_usize("vocab_size")?,
+            hidden,
+            intermediate: ck.config_usize("intermediate_size")?,
+            layers: ck.config_usize("num_hidden_layers")?,
+            heads,
+            kv_heads: cfg["num_key_value_heads"]
+                .as_u64()
+                .map_or(heads, |v| v as usize),
+            head_dim: cfg["head_dim"]
+                .as_u64()
+                .map_or(if heads > 0 { hidden / heads } else { 0 }, |v| v as usize),
+            rope_theta: cfg["rope_theta"].as_f64().unwrap_or(10_000.0),
+            rms_eps: ck.config_f64("rms_norm_eps")?,
+            tie_embeddings: cfg["tie_word_embeddings"].as_bool().unwrap_or(false)
+                || !ck.has("lm_head.weight"),
+            qkv_bias: model_type == "qwen2",
+            rope_linear_factor,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The `config.json` of this model in Hugging Face's Llama (or Qwen2) form.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "architectures": [if self.qkv_bias { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+            "model_type": if self.qkv_bias { "qwen2" } else { "llama" },
+            "vocab_size": self.vocab,
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "head_dim": self.head_dim,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_eps,
+            "tie_word_embeddings": self.tie_embeddings,
+            "hidden_act": "silu",
+            "torch_dtype": "float32",
+        });
+        if self.rope_linear_factor != 1.0 {
+            v["rope_scaling"] =
+                serde_json::json!({"rope_type": "linear", "factor": self.rope_linear_factor});
+        }
+        v
     }
 
     /// Reads the configuration from GGUF metadata (`general.architecture` = llama or qwen2).
@@ -114,6 +194,18 @@ impl LlamaConfig {
             rms_eps: g.require_f64(&key("attention.layer_norm_rms_epsilon"))?,
             tie_embeddings: g.tensor_info("output.weight").is_err(),
             qkv_bias: g.tensor_info("blk.0.attn_q.bias").is_ok(),
+            rope_linear_factor: match g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+                None | Some("none") => 1.0,
+                Some("linear") => g.require_f64(&key("rope.scaling.factor"))?,
+                Some(other) => {
+                    return Err(Error::Load {
+                        path: g.path().display().to_string(),
+                        message: format!(
+                            "RoPE scaling `{other}` is not supported yet (none, linear)"
+                        ),
+                    })
+                }
+            },
         };
         config.validate()?;
         Ok(config)
@@ -347,5 +439,13 @@ pub fn load_llama_gguf(gguf: &Gguf) -> Result<(Network, LlamaConfig)> {
         permuted_qk,
     };
     let net = build_llama(&config, &mut src)?;
+    Ok((net, config))
+}
+
+/// Loads a Llama-family model from a Hugging Face checkpoint directory.
+pub fn load_llama_hf(dir: &std::path::Path) -> Result<(Network, LlamaConfig)> {
+    let mut ck = HfCheckpoint::open(dir)?;
+    let config = LlamaConfig::from_hf(&ck)?;
+    let net = build_llama(&config, &mut ck)?;
     Ok((net, config))
 }

@@ -122,3 +122,21 @@ pub fn tokenizer_from_gguf(g: &Gguf) -> Result<TextTokenizer> {
         add_bos,
     })
 }
+
+/// Loads `tokenizer.json` from a Hugging Face directory; special ids come from `config.json`.
+pub fn tokenizer_from_hf(ck: &crate::hf::HfCheckpoint) -> Result<TextTokenizer> {
+    let path = ck.dir().join("tokenizer.json");
+    let mut inner = Tokenizer::from_file(&path).map_err(|e| Error::Load {
+        path: path.display().to_string(),
+        message: format!("invalid tokenizer: {e}"),
+    })?;
+    // Sentence-embedding tokenizers often pad every input to a fixed length; we feed exact lengths.
+    inner.with_padding(None);
+    let id = |k: &str| ck.config[k].as_u64().map(|v| v as u32);
+    Ok(TextTokenizer {
+        inner,
+        bos: id("bos_token_id"),
+        eos: id("eos_token_id"),
+        add_bos: false,
+    })
+}

@@ -301,3 +301,75 @@ fn wrong_tensor_shapes_and_types_are_named() {
         .to_string()
         .contains("not a multiple"));
 }
+
+#[test]
+fn hf_directory_written_from_the_gguf_gives_identical_logits() {
+    let g = Gguf::open(&smollm2_path()).unwrap();
+    let tok = tokenizer_from_gguf(&g).unwrap();
+    let out = std::env::temp_dir().join(format!("gstick-hf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let (net, config) = model();
+    gstick_models::hf_export::export_hf(net, config, &tok, &out).unwrap();
+    // An existing directory is never overwritten.
+    let again = gstick_models::hf_export::export_hf(net, config, &tok, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("already exists"), "{again}");
+
+    let (hf_net, hf_config) = gstick_models::llama::load_llama_hf(&out).unwrap();
+    assert_eq!(&hf_config, config);
+    let ids = ids_of(&fixture("smollm2_logits.json")["input_ids"]);
+    let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
+    let hf_logits = Executor::new(Mode::Eval, 0)
+        .forward1(&hf_net, &input)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let a: Vec<f32> = hf_logits.flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = logits(&ids).flatten_all().unwrap().to_vec1().unwrap();
+    assert!(
+        a == b,
+        "logits differ between the GGUF and the HF directory"
+    );
+
+    let ck = gstick_models::hf::HfCheckpoint::open(&out).unwrap();
+    let hf_tok = gstick_models::tokenizer::tokenizer_from_hf(&ck).unwrap();
+    for case in fixture("smollm2_tokenizer.json")["cases"]
+        .as_array()
+        .unwrap()
+    {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            hf_tok.encode(text).unwrap(),
+            ids_of(&case["ids"]),
+            "{text:?}"
+        );
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn broken_hf_directories_give_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("gstick-hf-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = |d: &Path| {
+        gstick_models::llama::load_llama_hf(d)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(err(&dir).contains("config.json"), "{}", err(&dir));
+    std::fs::write(dir.join("config.json"), "{not json").unwrap();
+    assert!(err(&dir).contains("not valid JSON"));
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt_neox"}"#).unwrap();
+    std::fs::write(dir.join("model.safetensors"), b"\x08\0\0\0\0\0\0\0{}      ").unwrap();
+    assert!(err(&dir).contains("gpt_neox"), "{}", err(&dir));
+    std::fs::write(
+        dir.join("model.safetensors"),
+        b"\xff\xff\xff\xff\0\0\0\0garbage",
+    )
+    .unwrap();
+    let e = err(&dir);
+    assert!(e.contains("invalid safetensors"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
