@@ -111,7 +111,7 @@ impl LlamaConfig {
                 .map_or(heads, |v| v as usize),
             head_dim: cfg["head_dim"]
                 .as_u64()
-                .map_or(if heads > 0 { hidden / heads } else { 0 }, |v| v as usize),
+                .map_or(hidden.checked_div(heads).unwrap_or(0), |v| v as usize),
             rope_theta: cfg["rope_theta"].as_f64().unwrap_or(10_000.0),
             rms_eps: ck.config_f64("rms_norm_eps")?,
             tie_embeddings: cfg["tie_word_embeddings"].as_bool().unwrap_or(false)
