@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use gstick_models::bert::load_bert_embedder;
 use gstick_models::generate::{generate as run_generation, Sampling};
 use gstick_models::gguf::Gguf;
 use gstick_models::hf::HfCheckpoint;
@@ -145,5 +146,47 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         },
     )?;
     println!();
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// Sentence-embedding model (a BERT checkpoint directory such as the MiniLM asset).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Reference model to compare with.
+    #[arg(long = "ref")]
+    pub reference: PathBuf,
+    /// Text file: one sentence per non-empty line.
+    #[arg(long)]
+    pub text: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gstick eval embed`: mean and minimum cosine between two models' sentence embeddings.
+pub fn embed(args: EmbedArgs) -> Result<()> {
+    let (model, _) = load_bert_embedder(&args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let (reference, _) = load_bert_embedder(&args.reference)
+        .with_context(|| format!("loading {}", args.reference.display()))?;
+    let tokenizer = tokenizer_from_hf(&HfCheckpoint::open(&args.reference)?)?;
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("reading {}", args.text.display()))?;
+    let sentences: Vec<Vec<u32>> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| tokenizer.encode_with_special(l))
+        .collect::<Result<_, _>>()?;
+    let report = gstick_eval::embedding_fidelity(&model, &reference, &sentences)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "cosine to the reference over {} sentences: mean {:.6}, minimum {:.6}",
+            report.sentences, report.mean_cosine, report.min_cosine
+        );
+    }
     Ok(())
 }

@@ -52,6 +52,17 @@ enum EvalKind {
     Accuracy(train_cmd::EvalArgs),
     /// Perplexity of a causal language model on a text file.
     Ppl(llm_cmd::PplArgs),
+    /// Cosine between two models' sentence embeddings (mean and minimum).
+    Embed(llm_cmd::EmbedArgs),
+}
+
+fn eval(cmd: EvalCommand) -> anyhow::Result<()> {
+    match cmd.kind {
+        None => train_cmd::eval(cmd.accuracy),
+        Some(EvalKind::Accuracy(args)) => train_cmd::eval(args),
+        Some(EvalKind::Ppl(args)) => llm_cmd::ppl(args),
+        Some(EvalKind::Embed(args)) => llm_cmd::embed(args),
+    }
 }
 
 fn main() {
@@ -61,18 +72,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train_cmd::train(args),
-        Command::Eval(EvalCommand {
-            kind: None,
-            accuracy,
-        }) => train_cmd::eval(accuracy),
-        Command::Eval(EvalCommand {
-            kind: Some(EvalKind::Accuracy(args)),
-            ..
-        }) => train_cmd::eval(args),
-        Command::Eval(EvalCommand {
-            kind: Some(EvalKind::Ppl(args)),
-            ..
-        }) => llm_cmd::ppl(args),
+        Command::Eval(cmd) => eval(cmd),
         Command::Generate(args) => llm_cmd::generate(args),
         Command::Convert(args) => llm_cmd::convert(args),
         Command::Graph(args) => graph_cmd::graph(args),

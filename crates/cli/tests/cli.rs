@@ -162,3 +162,103 @@ fn resnet20_trains_on_digits() {
     assert_eq!(v["samples"], 299);
     assert!(v["accuracy"].as_f64().unwrap() > 0.8, "{v}");
 }
+
+fn asset(rel: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.cache/assets")
+        .join(rel);
+    let p = std::env::var_os("GSTICK_ASSETS").map_or(p, |d| std::path::PathBuf::from(d).join(rel));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-assets.sh",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+#[test]
+fn language_model_commands() {
+    let model = asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let text = asset("wiki/eval.txt");
+    let (ok, out, err) = gstick(&[
+        "eval",
+        "ppl",
+        "--model",
+        &model,
+        "--text",
+        &text,
+        "--seqlen",
+        "256",
+        "--windows",
+        "2",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(
+        (v["tokens"].as_u64(), v["windows"].as_u64()),
+        (Some(512), Some(2))
+    );
+    let ppl = v["ppl"].as_f64().unwrap();
+    assert!(ppl > 2.0 && ppl < 40.0, "{v}");
+    assert!(v["seconds"].as_f64().unwrap() > 0.0);
+
+    let (ok, out, err) = gstick(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("The capital of France is Paris"), "{out}");
+
+    let (ok, _, err) = gstick(&[
+        "eval",
+        "ppl",
+        "--model",
+        &model,
+        "--text",
+        &text,
+        "--seqlen",
+        "2048",
+        "--windows",
+        "100000",
+    ]);
+    assert!(!ok && err.contains("whole window(s) of 2048"), "{err}");
+    let (ok, _, err) = gstick(&["convert", "--model", &model, "--out", &text]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, _, err) = gstick(&["generate", "--model", &text, "--prompt", "hi"]);
+    assert!(!ok && err.contains("not a GGUF file"), "{err}");
+}
+
+#[test]
+fn embedding_fidelity_of_a_model_with_itself() {
+    let minilm = asset("minilm");
+    let dir = std::env::temp_dir().join(format!("gstick-embed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("sentences.txt");
+    std::fs::write(
+        &text,
+        "A cat sits on the mat.\n\nQuantization makes models smaller.\n",
+    )
+    .unwrap();
+    let (ok, out, err) = gstick(&[
+        "eval",
+        "embed",
+        "--model",
+        &minilm,
+        "--ref",
+        &minilm,
+        "--text",
+        text.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["sentences"], 2);
+    assert!(v["min_cosine"].as_f64().unwrap() > 0.999999, "{v}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,5 +1,7 @@
 //! Evaluation of compressed models against their originals.
 
+mod embedding;
 mod perplexity;
 
+pub use embedding::{cosine, embed, embedding_fidelity, FidelityReport};
 pub use perplexity::{perplexity, window_nll, PplReport, SplitLm};

@@ -1,6 +1,7 @@
 //! Model builders and loaders: LeNet-5, the pretrained ccexam MNISTNet, configurable ResNets,
 //! Llama-family LLMs from GGUF files, and their tokenizers.
 
+pub mod bert;
 mod error;
 pub mod generate;
 pub mod gguf;

@@ -5,7 +5,7 @@
 
 use candle_core::Tensor;
 use gstick_nn::cells::{
-    Activation, ActivationKind, Add, CausalSelfAttention, Embedding, Linear, Mul, RmsNorm, Rope,
+    Activation, ActivationKind, Add, Embedding, Linear, Mul, RmsNorm, Rope, SelfAttention,
 };
 use gstick_nn::{Cell, Network};
 
@@ -280,7 +280,7 @@ fn decoder_layer(c: &LlamaConfig, layer: usize, src: &mut dyn WeightSource) -> R
         theta: c.rope_theta,
         linear_factor: 1.0,
     };
-    let attn = CausalSelfAttention::new(c.heads, c.kv_heads, c.head_dim, rope)?;
+    let attn = SelfAttention::causal(c.heads, c.kv_heads, c.head_dim, rope)?;
     let a = g.add_cell("self_attn.attention", Box::new(attn), &[q, k, v])?;
     let o = g.add_cell(
         "self_attn.o_proj",

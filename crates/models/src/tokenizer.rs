@@ -34,6 +34,15 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// Token ids with the tokenizer's own special tokens and truncation (BERT: [CLS] ... [SEP]).
+    pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| Error::Config(format!("tokenizing: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, false)

@@ -10,20 +10,39 @@ pub struct Rope {
     pub linear_factor: f64,
 }
 
-/// Causal multi-head self-attention over projected q, k, v (B, T, heads * head_dim) with rotary
-/// position embeddings (rotate-half convention) and grouped-query attention: each of the
-/// `kv_heads` key/value heads serves `heads / kv_heads` query heads. Output (B, T, heads * head_dim).
-/// The projections stay separate Linear nodes so that quantization passes see them.
+/// Multi-head self-attention over projected q, k, v (B, T, heads * head_dim): causal or
+/// bidirectional, with optional rotary position embeddings (rotate-half convention) and
+/// grouped-query attention (each of the `kv_heads` key/value heads serves `heads / kv_heads` query
+/// heads). Output (B, T, heads * head_dim). The projections stay separate Linear nodes so that
+/// quantization passes see them.
 #[derive(Clone, Debug)]
-pub struct CausalSelfAttention {
+pub struct SelfAttention {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
-    pub rope: Rope,
+    pub rope: Option<Rope>,
+    /// Each position attends only to itself and earlier positions (decoders).
+    pub causal: bool,
 }
 
-impl CausalSelfAttention {
-    pub fn new(heads: usize, kv_heads: usize, head_dim: usize, rope: Rope) -> Result<Self> {
+impl SelfAttention {
+    /// Causal attention with RoPE, as in Llama-family decoders.
+    pub fn causal(heads: usize, kv_heads: usize, head_dim: usize, rope: Rope) -> Result<Self> {
+        Self::new(heads, kv_heads, head_dim, Some(rope), true)
+    }
+
+    /// Bidirectional attention without position rotation, as in BERT encoders.
+    pub fn bidirectional(heads: usize, head_dim: usize) -> Result<Self> {
+        Self::new(heads, heads, head_dim, None, false)
+    }
+
+    pub fn new(
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        rope: Option<Rope>,
+        causal: bool,
+    ) -> Result<Self> {
         if heads == 0
             || kv_heads == 0
             || head_dim == 0
@@ -34,23 +53,30 @@ impl CausalSelfAttention {
                 "attention needs heads divisible by kv_heads and an even head_dim (heads {heads}, kv_heads {kv_heads}, head_dim {head_dim})"
             )));
         }
-        Ok(CausalSelfAttention {
+        Ok(SelfAttention {
             heads,
             kv_heads,
             head_dim,
             rope,
+            causal,
         })
     }
 
     /// cos and sin tables (T, head_dim) for positions 0..t, duplicated over the two halves.
-    fn rope_tables(&self, t: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    fn rope_tables(
+        &self,
+        rope: &Rope,
+        t: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.head_dim / 2;
         let mut cos = Vec::with_capacity(t * self.head_dim);
         let mut sin = Vec::with_capacity(t * self.head_dim);
         for pos in 0..t {
-            let p = pos as f64 / self.rope.linear_factor;
+            let p = pos as f64 / rope.linear_factor;
             let row: Vec<f64> = (0..half)
-                .map(|i| p * self.rope.theta.powf(-2.0 * i as f64 / self.head_dim as f64))
+                .map(|i| p * rope.theta.powf(-2.0 * i as f64 / self.head_dim as f64))
                 .collect();
             for _ in 0..2 {
                 cos.extend(row.iter().map(|a| a.cos() as f32));
@@ -85,23 +111,29 @@ impl CausalSelfAttention {
     }
 }
 
-impl Cell for CausalSelfAttention {
+impl Cell for SelfAttention {
     fn kind(&self) -> &'static str {
-        "CausalSelfAttention"
+        "SelfAttention"
     }
 
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
         let [q, k, v] = inputs else {
             return Err(Error::Arity {
-                kind: "CausalSelfAttention",
+                kind: "SelfAttention",
                 expected: "3 (q, k, v)".into(),
                 got: inputs.len(),
             });
         };
         let (b, t, _) = q.dims3()?;
-        let (cos, sin) = self.rope_tables(t, q.dtype(), q.device())?;
-        let q = Self::rotate(&self.split_heads(q, self.heads)?, &cos, &sin)?;
-        let k = Self::rotate(&self.split_heads(k, self.kv_heads)?, &cos, &sin)?;
+        let (mut q, mut k) = (
+            self.split_heads(q, self.heads)?,
+            self.split_heads(k, self.kv_heads)?,
+        );
+        if let Some(rope) = &self.rope {
+            let (cos, sin) = self.rope_tables(rope, t, q.dtype(), q.device())?;
+            q = Self::rotate(&q, &cos, &sin)?;
+            k = Self::rotate(&k, &cos, &sin)?;
+        }
         let v = self.split_heads(v, self.kv_heads)?;
         // Grouped-query attention: query head h reads key/value head h / group. Queries go in
         // blocks of rows so the score matrix stays small (cache-sized, no huge allocations) and
@@ -112,7 +144,7 @@ impl Cell for CausalSelfAttention {
         let mut blocks = Vec::with_capacity(t.div_ceil(QUERY_BLOCK));
         for r0 in (0..t).step_by(QUERY_BLOCK) {
             let rows = QUERY_BLOCK.min(t - r0);
-            let keys = r0 + rows;
+            let keys = if self.causal { r0 + rows } else { t };
             let qb =
                 q.narrow(3, r0, rows)?
                     .reshape((b, self.kv_heads, group * rows, self.head_dim))?;
@@ -121,13 +153,12 @@ impl Cell for CausalSelfAttention {
             let scores = qb
                 .matmul(&kb.t()?)?
                 .reshape((b, self.kv_heads, group, rows, keys))?;
-            let scores = scores.broadcast_add(&causal_mask(
-                r0,
-                rows,
-                keys,
-                scores.dtype(),
-                scores.device(),
-            )?)?;
+            let scores = if self.causal {
+                let mask = causal_mask(r0, rows, keys, scores.dtype(), scores.device())?;
+                scores.broadcast_add(&mask)?
+            } else {
+                scores
+            };
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             let out = probs
                 .reshape((b, self.kv_heads, group * rows, keys))?
@@ -142,9 +173,18 @@ impl Cell for CausalSelfAttention {
     }
 
     fn summary(&self) -> String {
+        let rope = self
+            .rope
+            .as_ref()
+            .map_or("no rope".to_string(), |r| format!("rope theta {}", r.theta));
+        let mask = if self.causal {
+            "causal"
+        } else {
+            "bidirectional"
+        };
         format!(
-            "{} heads, {} kv heads, head dim {}, rope theta {}",
-            self.heads, self.kv_heads, self.head_dim, self.rope.theta
+            "{} heads, {} kv heads, head dim {}, {rope}, {mask}",
+            self.heads, self.kv_heads, self.head_dim
         )
     }
 }

@@ -44,3 +44,51 @@ impl Cell for Embedding {
         format!("{:?}", self.weight.tensor().dims())
     }
 }
+
+/// Adds rows of a learned table to (B, T, D) input: rows 0..T (absolute position embeddings) or
+/// one fixed row for every position (BERT's token type 0).
+#[derive(Clone, Debug)]
+pub struct AddEmbedding {
+    pub weight: Param,
+    /// `None`: row t for position t; `Some(r)`: row r everywhere.
+    pub row: Option<usize>,
+}
+
+impl Cell for AddEmbedding {
+    fn kind(&self) -> &'static str {
+        "AddEmbedding"
+    }
+
+    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
+        expect_inputs("AddEmbedding", inputs, 1)?;
+        let x = &inputs[0];
+        let t = x.dim(1)?;
+        let w = self.weight.value();
+        let rows = match self.row {
+            None if t > w.dim(0)? => {
+                return Err(crate::Error::Config(format!(
+                    "sequence of {t} tokens is longer than the {} learned positions",
+                    w.dim(0)?
+                )))
+            }
+            None => w.narrow(0, 0, t)?,
+            Some(r) => w.narrow(0, r, 1)?,
+        };
+        Ok(x.broadcast_add(&rows)?)
+    }
+
+    fn params(&self) -> Vec<(&'static str, &Param)> {
+        vec![("weight", &self.weight)]
+    }
+
+    fn params_mut(&mut self) -> Vec<(&'static str, &mut Param)> {
+        vec![("weight", &mut self.weight)]
+    }
+
+    fn summary(&self) -> String {
+        match self.row {
+            None => format!("positions {:?}", self.weight.tensor().dims()),
+            Some(r) => format!("row {r} of {:?}", self.weight.tensor().dims()),
+        }
+    }
+}
