@@ -15,6 +15,107 @@ use gstick_nn::{named_params, Executor, Mode};
 use crate::datasets::{self, DatasetName};
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchCommand {
+    #[command(subcommand)]
+    pub kind: Option<BenchKind>,
+    #[command(flatten)]
+    pub lenet: BenchArgs,
+}
+
+#[derive(clap::Subcommand)]
+pub enum BenchKind {
+    /// LeNet-5 training throughput (the default).
+    Lenet5(BenchArgs),
+    /// Peak memory and time of a layer-wise pass over every decoder layer of an LLM.
+    Layerwise(LlmBenchArgs),
+    /// Peak memory and time of the same windows through the fully loaded LLM.
+    Forward(LlmBenchArgs),
+}
+
+#[derive(Args)]
+pub struct LlmBenchArgs {
+    /// GGUF file or Hugging Face directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text to draw calibration windows from.
+    #[arg(long)]
+    pub text: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    pub windows: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub seqlen: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd.kind {
+        None => bench(cmd.lenet),
+        Some(BenchKind::Lenet5(args)) => bench(args),
+        Some(BenchKind::Layerwise(args)) => llm_memory(args, true),
+        Some(BenchKind::Forward(args)) => llm_memory(args, false),
+    }
+}
+
+/// Peak resident memory of this process so far, in MiB (Linux `VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn llm_memory(args: LlmBenchArgs, layerwise: bool) -> Result<()> {
+    use gstick_models::layerwise::{calibration_windows, run_layer, LayerwiseLm};
+    let started = Instant::now();
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("reading {}", args.text.display()))?;
+    let gguf = gstick_models::gguf::Gguf::open(&args.model)?;
+    let tokenizer = gstick_models::tokenizer::tokenizer_from_gguf(&gguf)?;
+    let windows = calibration_windows(
+        &tokenizer.encode(&text)?,
+        args.windows,
+        args.seqlen,
+        args.seed,
+    )?;
+    let mut exec = Executor::new(Mode::Eval, 0);
+    let config = gstick_models::llama::LlamaConfig::from_gguf(&gguf)?;
+    if layerwise {
+        let permuted_qk = gguf.require_str("general.architecture")? == "llama";
+        let src = gstick_models::llama::GgufWeights {
+            gguf: &gguf,
+            config: config.clone(),
+            permuted_qk,
+        };
+        let mut lm = LayerwiseLm::new(config.clone(), src)?;
+        let mut hidden = lm.embed(&windows)?;
+        for i in 0..config.layers {
+            let layer = lm.layer(i)?;
+            hidden = run_layer(&layer, &mut exec, &hidden)?;
+        }
+    } else {
+        let (net, _) = gstick_models::llama::load_llama_gguf(&gguf)?;
+        let body = gstick_eval::SplitLm::new(&net)?;
+        for w in &windows {
+            let input =
+                candle_core::Tensor::from_vec(w.clone(), (1, w.len()), &candle_core::Device::Cpu)?;
+            exec.forward1(body.body(), &input)?;
+        }
+    }
+    let report = serde_json::json!({
+        "bench": if layerwise { "llm-layerwise-pass" } else { "llm-full-forward" },
+        "layers": config.layers,
+        "windows": args.windows,
+        "seqlen": args.seqlen,
+        "seconds": started.elapsed().as_secs_f64(),
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,

@@ -33,8 +33,8 @@ enum Command {
     Generate(llm_cmd::GenerateArgs),
     /// Print a model's node table, or write it as Graphviz DOT / SVG.
     Graph(graph_cmd::GraphArgs),
-    /// Measure training throughput (images/s), against PyTorch when it is installed.
-    Bench(bench::BenchArgs),
+    /// Benchmarks: LeNet-5 training images/s against PyTorch (default); LLM layer-wise memory.
+    Bench(bench::BenchCommand),
 }
 
 #[derive(clap::Args)]
@@ -76,7 +76,7 @@ fn main() {
         Command::Generate(args) => llm_cmd::generate(args),
         Command::Convert(args) => llm_cmd::convert(args),
         Command::Graph(args) => graph_cmd::graph(args),
-        Command::Bench(args) => bench::bench(args),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -51,6 +51,11 @@ impl SplitLm {
         }
         Ok(SplitLm { body, head: None })
     }
+
+    /// The network up to (not including) the head.
+    pub fn body(&self) -> &Network {
+        &self.body
+    }
 }
 
 /// Positions per head chunk: 64 x 49152 f32 logits is 12.6 MB.

@@ -7,6 +7,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod hf_export;
+pub mod layerwise;
 mod lenet;
 pub mod llama;
 mod mnistnet;

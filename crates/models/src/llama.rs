@@ -233,7 +233,12 @@ fn linear(
     Ok(Box::new(Linear::from_tensors(w, b)?))
 }
 
-fn decoder_layer(c: &LlamaConfig, layer: usize, src: &mut dyn WeightSource) -> Result<Network> {
+/// Decoder layer `layer` as a graph: hidden states (B, T, hidden) -> hidden states.
+pub fn build_decoder_layer(
+    c: &LlamaConfig,
+    layer: usize,
+    src: &mut dyn WeightSource,
+) -> Result<Network> {
     let p = format!("model.layers.{layer}");
     let (h, q_width, kv_width) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
     let mut g = Network::new();
@@ -337,7 +342,7 @@ pub fn build_llama(c: &LlamaConfig, src: &mut dyn WeightSource) -> Result<Networ
     };
     let mut h = g.add_cell("model.embed_tokens", Box::new(embed), &[ids])?;
     for layer in 0..c.layers {
-        let sub = decoder_layer(c, layer, src)?;
+        let sub = build_decoder_layer(c, layer, src)?;
         h = g.add_subgraph(&format!("model.layers.{layer}"), "DecoderLayer", sub, &[h])?;
     }
     let norm = RmsNorm::from_tensor(src.weight("model.norm.weight", &[c.hidden])?, c.rms_eps)?;

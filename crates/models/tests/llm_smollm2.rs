@@ -373,3 +373,86 @@ fn broken_hf_directories_give_clear_errors() {
     assert!(e.contains("invalid safetensors"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn layerwise_execution_reproduces_the_full_forward_pass() {
+    use gstick_models::layerwise::{calibration_windows, linear_inputs, run_layer, LayerwiseLm};
+    use gstick_models::llama::GgufWeights;
+    let g = Gguf::open(&smollm2_path()).unwrap();
+    let tok = tokenizer_from_gguf(&g).unwrap();
+    let text = fixture("smollm2_logits.json")["text"]
+        .as_str()
+        .unwrap()
+        .repeat(3);
+    let ids = tok.encode(&text).unwrap();
+    let windows = calibration_windows(&ids, 2, 48, 7).unwrap();
+    assert_eq!(
+        windows,
+        calibration_windows(&ids, 2, 48, 7).unwrap(),
+        "seeded"
+    );
+    assert_ne!(windows[0], windows[1]);
+    assert!(calibration_windows(&ids, 1, ids.len() + 1, 0).is_err());
+
+    let config = LlamaConfig::from_gguf(&g).unwrap();
+    let src = GgufWeights {
+        gguf: &g,
+        config: config.clone(),
+        permuted_qk: true,
+    };
+    let mut lm = LayerwiseLm::new(config.clone(), src).unwrap();
+    let mut hidden = lm.embed(&windows).unwrap();
+    let mut exec = Executor::new(Mode::Eval, 0);
+    for i in 0..config.layers {
+        let layer = lm.layer(i).unwrap();
+        if i == 0 {
+            // Hooks see the input of every Linear of the layer, per window.
+            let (seen, outputs) = linear_inputs(&layer, &hidden).unwrap();
+            let names: Vec<&str> = seen.keys().map(String::as_str).collect();
+            assert_eq!(
+                names,
+                [
+                    "mlp.down_proj",
+                    "mlp.gate_proj",
+                    "mlp.up_proj",
+                    "self_attn.k_proj",
+                    "self_attn.o_proj",
+                    "self_attn.q_proj",
+                    "self_attn.v_proj"
+                ]
+            );
+            assert_eq!(seen["mlp.down_proj"][0].dims(), &[1, 48, 1536]);
+            assert_eq!(seen["self_attn.q_proj"].len(), 2);
+            let same = (&seen["self_attn.q_proj"][1] - &seen["self_attn.v_proj"][1])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert_eq!(
+                same.to_scalar::<f32>().unwrap(),
+                0.0,
+                "q, k and v read the same normalized input"
+            );
+            hidden = outputs;
+        } else {
+            hidden = run_layer(&layer, &mut exec, &hidden).unwrap();
+        }
+    }
+    assert!(lm.layer(config.layers).is_err());
+    let head = lm.head().unwrap();
+    for (w, h) in windows.iter().zip(&hidden) {
+        let layered: Vec<f32> = exec
+            .forward1(&head, h)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let full: Vec<f32> = logits(w).flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            layered == full,
+            "layer-wise logits differ from the full forward pass"
+        );
+    }
+}

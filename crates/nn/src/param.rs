@@ -1,6 +1,6 @@
 use candle_core::{Tensor, Var};
 
-use crate::Network;
+use crate::{Mode, Network};
 use gstick_rewrite::Op;
 
 /// A named tensor of a cell. Weights are trainable unless frozen; buffers (BatchNorm running
@@ -59,9 +59,11 @@ impl Param {
         self.trainable = trainable;
     }
 
-    /// The tensor a forward pass reads: detached from autodiff when frozen, so no gradient is kept.
-    pub fn value(&self) -> Tensor {
-        if self.is_trainable() {
+    /// The tensor a forward pass in `mode` reads. Only a trainable weight in training mode is
+    /// tracked by autodiff; everywhere else it is detached, so evaluation records no backward
+    /// graph and each intermediate tensor is freed as soon as it is used.
+    pub fn value(&self, mode: Mode) -> Tensor {
+        if mode == Mode::Train && self.is_trainable() {
             self.var.as_tensor().clone()
         } else {
             self.var.as_tensor().detach()

@@ -219,18 +219,27 @@ fn batch_norm_f64(c: usize) -> BatchNorm2d {
 
 #[test]
 fn batch_norm_gradients_train_and_eval() {
-    for mode in [Mode::Train, Mode::Eval] {
-        let x = var(&[4, 3, 3, 2], 7);
-        let cell = batch_norm_f64(3);
-        let (w, b) = (cell.weight.var().clone(), cell.bias.var().clone());
-        check(
-            &format!("BatchNorm2d {mode:?}"),
-            &cell,
-            &x,
-            &[("input", &x), ("weight", &w), ("bias", &b)],
-            mode,
-        );
-    }
+    let x = var(&[4, 3, 3, 2], 7);
+    let cell = batch_norm_f64(3);
+    let (w, b) = (cell.weight.var().clone(), cell.bias.var().clone());
+    check(
+        "BatchNorm2d Train",
+        &cell,
+        &x,
+        &[("input", &x), ("weight", &w), ("bias", &b)],
+        Mode::Train,
+    );
+    // Evaluation differentiates through the running statistics to the input only: parameters
+    // are detached in eval mode, so no backward graph is kept for them.
+    check("BatchNorm2d Eval", &cell, &x, &[("input", &x)], Mode::Eval);
+    let r = random(&[4, 3, 3, 2], 1);
+    let grads = loss(&cell, x.as_tensor(), &r, Mode::Eval)
+        .backward()
+        .unwrap();
+    assert!(
+        grads.get(w.as_tensor()).is_none(),
+        "no parameter gradient in eval mode"
+    );
 }
 
 #[test]

@@ -80,8 +80,8 @@ impl Cell for BatchNorm2d {
             .broadcast_sub(&mean)?
             .broadcast_div(&(var + self.eps)?.sqrt()?)?;
         Ok(normalized
-            .broadcast_mul(&per_channel(&self.weight.value())?)?
-            .broadcast_add(&per_channel(&self.bias.value())?)?)
+            .broadcast_mul(&per_channel(&self.weight.value(ctx.mode))?)?
+            .broadcast_add(&per_channel(&self.bias.value(ctx.mode))?)?)
     }
 
     fn params(&self) -> Vec<(&'static str, &Param)> {

@@ -105,7 +105,7 @@ impl Cell for Conv2d {
         "Conv2d"
     }
 
-    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
+    fn forward(&self, inputs: &[Tensor], ctx: &mut CellCtx) -> Result<Tensor> {
         expect_inputs("Conv2d", inputs, 1)?;
         let c = self.config;
         let geom = ConvGeom {
@@ -114,9 +114,9 @@ impl Cell for Conv2d {
             dilation: c.dilation,
             groups: c.groups,
         };
-        let y = conv2d(&inputs[0], &self.weight.value(), geom)?;
+        let y = conv2d(&inputs[0], &self.weight.value(ctx.mode), geom)?;
         Ok(match &self.bias {
-            Some(b) => add_channel_bias(&y, &b.value())?,
+            Some(b) => add_channel_bias(&y, &b.value(ctx.mode))?,
             None => y,
         })
     }

@@ -22,10 +22,10 @@ impl Cell for Embedding {
         "Embedding"
     }
 
-    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
+    fn forward(&self, inputs: &[Tensor], ctx: &mut CellCtx) -> Result<Tensor> {
         expect_inputs("Embedding", inputs, 1)?;
         let ids = &inputs[0];
-        let w = self.weight.value();
+        let w = self.weight.value(ctx.mode);
         let rows = w.index_select(&ids.flatten_all()?, 0)?;
         let mut dims = ids.dims().to_vec();
         dims.push(w.dim(1)?);
@@ -59,11 +59,11 @@ impl Cell for AddEmbedding {
         "AddEmbedding"
     }
 
-    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
+    fn forward(&self, inputs: &[Tensor], ctx: &mut CellCtx) -> Result<Tensor> {
         expect_inputs("AddEmbedding", inputs, 1)?;
         let x = &inputs[0];
         let t = x.dim(1)?;
-        let w = self.weight.value();
+        let w = self.weight.value(ctx.mode);
         let rows = match self.row {
             None if t > w.dim(0)? => {
                 return Err(crate::Error::Config(format!(

@@ -45,17 +45,17 @@ impl Cell for Linear {
         "Linear"
     }
 
-    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
+    fn forward(&self, inputs: &[Tensor], ctx: &mut CellCtx) -> Result<Tensor> {
         expect_inputs("Linear", inputs, 1)?;
         let x = &inputs[0];
-        let w = self.weight.value();
+        let w = self.weight.value(ctx.mode);
         // Fold leading dimensions into rows so one 2-D matmul does the work.
         let dims = x.dims().to_vec();
         let last = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / last.max(1);
         let y = x.reshape((rows, last))?.matmul(&w.t()?)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(&b.value())?,
+            Some(b) => y.broadcast_add(&b.value(ctx.mode))?,
             None => y,
         };
         let mut out_dims = dims;

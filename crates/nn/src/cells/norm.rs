@@ -35,14 +35,14 @@ impl Cell for LayerNorm {
         "LayerNorm"
     }
 
-    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
+    fn forward(&self, inputs: &[Tensor], ctx: &mut CellCtx) -> Result<Tensor> {
         expect_inputs("LayerNorm", inputs, 1)?;
         let x = &inputs[0];
         let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let y = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(y.broadcast_mul(&self.weight.value())?
-            .broadcast_add(&self.bias.value())?)
+        Ok(y.broadcast_mul(&self.weight.value(ctx.mode))?
+            .broadcast_add(&self.bias.value(ctx.mode))?)
     }
 
     fn params(&self) -> Vec<(&'static str, &Param)> {
@@ -90,11 +90,12 @@ impl Cell for RmsNorm {
         "RMSNorm"
     }
 
-    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
+    fn forward(&self, inputs: &[Tensor], ctx: &mut CellCtx) -> Result<Tensor> {
         expect_inputs("RMSNorm", inputs, 1)?;
         let x = &inputs[0];
         let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
-        Ok(x.broadcast_div(&rms)?.broadcast_mul(&self.weight.value())?)
+        Ok(x.broadcast_div(&rms)?
+            .broadcast_mul(&self.weight.value(ctx.mode))?)
     }
 
     fn params(&self) -> Vec<(&'static str, &Param)> {
