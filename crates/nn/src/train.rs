@@ -111,36 +111,28 @@ impl Trainer {
         let mut stop = false;
         for epoch in 0..epochs {
             let lr = self.schedule.lr(step, total_steps, steps_per_epoch);
-            let mut state = TrainState {
-                net,
+            let at = At {
                 epoch,
                 epochs,
                 step,
                 lr,
                 loss: None,
-                stop: false,
             };
-            for cb in &mut self.callbacks {
-                cb.on_epoch_begin(&mut state)?;
-            }
+            stop |= notify(&mut self.callbacks, net, at, |cb, s| cb.on_epoch_begin(s))?;
             let bar = (mode == Progress::Bar).then(|| epoch_bar(epoch, epochs, steps_per_epoch));
             let started = Instant::now();
             let (mut loss_sum, mut hits, mut samples) = (0.0f64, 0usize, 0usize);
             for batch in batches(epoch) {
                 let (images, labels) = batch?;
                 let lr = self.schedule.lr(step, total_steps, steps_per_epoch);
-                let mut state = TrainState {
-                    net,
+                let at = At {
                     epoch,
                     epochs,
                     step,
                     lr,
                     loss: None,
-                    stop: false,
                 };
-                for cb in &mut self.callbacks {
-                    cb.on_step_begin(&mut state)?;
-                }
+                stop |= notify(&mut self.callbacks, net, at, |cb, s| cb.on_step_begin(s))?;
                 let logits = exec.forward1(net, &images)?;
                 let loss = cross_entropy(&logits, &labels)?;
                 let loss_value = loss.to_scalar::<f32>()?;
@@ -153,19 +145,14 @@ impl Trainer {
                 loss_sum += loss_value as f64 * n as f64;
                 hits += correct(&logits.detach(), &labels)?;
                 samples += n;
-                let mut state = TrainState {
-                    net,
+                let at = At {
                     epoch,
                     epochs,
                     step,
                     lr,
                     loss: Some(loss_value),
-                    stop: false,
                 };
-                for cb in &mut self.callbacks {
-                    cb.on_step_end(&mut state)?;
-                }
-                stop |= state.stop;
+                stop |= notify(&mut self.callbacks, net, at, |cb, s| cb.on_step_end(s))?;
                 step += 1;
                 if let Some(bar) = &bar {
                     bar.inc(1);
@@ -199,19 +186,16 @@ impl Trainer {
                 ),
                 _ => {}
             }
-            let mut state = TrainState {
-                net,
+            let at = At {
                 epoch,
                 epochs,
                 step,
                 lr,
                 loss: None,
-                stop: false,
             };
-            for cb in &mut self.callbacks {
-                cb.on_epoch_end(&mut state, &report)?;
-            }
-            stop |= state.stop;
+            stop |= notify(&mut self.callbacks, net, at, |cb, s| {
+                cb.on_epoch_end(s, &report)
+            })?;
             reports.push(report);
             if stop {
                 break;
@@ -219,6 +203,44 @@ impl Trainer {
         }
         Ok(reports)
     }
+}
+
+/// Where training stands when a callback event fires.
+struct At {
+    epoch: usize,
+    epochs: usize,
+    step: usize,
+    lr: f64,
+    loss: Option<f32>,
+}
+
+/// Fires one event on every callback, in order; returns whether any of them asked to stop.
+fn notify(
+    callbacks: &mut [Box<dyn Callback>],
+    net: &mut Network,
+    at: At,
+    event: impl Fn(&mut dyn Callback, &mut TrainState) -> Result<()>,
+) -> Result<bool> {
+    let At {
+        epoch,
+        epochs,
+        step,
+        lr,
+        loss,
+    } = at;
+    let mut state = TrainState {
+        net,
+        epoch,
+        epochs,
+        step,
+        lr,
+        loss,
+        stop: false,
+    };
+    for cb in callbacks.iter_mut() {
+        event(cb.as_mut(), &mut state)?;
+    }
+    Ok(state.stop)
 }
 
 fn epoch_bar(epoch: usize, epochs: usize, steps: usize) -> ProgressBar {

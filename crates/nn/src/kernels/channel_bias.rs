@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
-use super::{contiguous, Elem};
+use super::Elem;
 
 fn split(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
     match l.dims() {
@@ -58,19 +58,7 @@ impl CustomOp2 for ChannelBias {
                 l2.dims()
             )));
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(b)) => {
-                CpuStorage::F32(add(contiguous(x, l1)?, contiguous(b, l2)?, c, inner))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(b)) => {
-                CpuStorage::F64(add(contiguous(x, l1)?, contiguous(b, l2)?, c, inner))
-            }
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "channel bias supports f32 and f64".into(),
-                ))
-            }
-        };
+        let out = dispatch2!("channel bias", s1, l1, s2, l2, |x, b| add(x, b, c, inner));
         Ok((out, l1.shape().clone()))
     }
     fn bwd(
@@ -91,15 +79,7 @@ impl CustomOp1 for ChannelSums {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, c, inner) = split(l)?;
-        let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(channel_sums(contiguous(v, l)?, c, inner)),
-            CpuStorage::F64(v) => CpuStorage::F64(channel_sums(contiguous(v, l)?, c, inner)),
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "channel sums support f32 and f64".into(),
-                ))
-            }
-        };
+        let out = dispatch1!("channel sums", s, l, |v| channel_sums(v, c, inner));
         Ok((out, Shape::from(c)))
     }
 }

@@ -5,7 +5,7 @@
 //! single-threaded GEMM; the weight gradient is summed over fixed chunks of images in a fixed
 //! order, so results are bit-identical whatever the number of threads.
 
-use super::{contiguous, for_each_chunk, Elem};
+use super::{for_each_chunk, Elem};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 /// Convolution geometry shared by the three ops.
@@ -177,6 +177,18 @@ fn col2im<T: Elem>(cols: &[T], d: &Dims, c0: usize, img: &mut [T]) {
     }
 }
 
+/// The (rows x plane) column matrix of group `grp` of one image: the image's own channels for a
+/// pointwise convolution, else its receptive fields unrolled into `cols`.
+fn columns<'a, T: Elem>(img: &'a [T], d: &Dims, grp: usize, cols: &'a mut [T]) -> &'a [T] {
+    let size = d.rows() * d.plane();
+    if d.is_pointwise() {
+        &img[grp * size..(grp + 1) * size]
+    } else {
+        im2col(img, d, grp * d.cg(), cols);
+        cols
+    }
+}
+
 /// dst (m x n) = [dst +] a (m x k) * b (k x n), each given as (pointer, row stride, col stride).
 /// SAFETY (for callers): every pointer with its strides must stay inside its allocation.
 #[allow(clippy::too_many_arguments)]
@@ -223,12 +235,7 @@ fn forward<T: Elem>(x: &[T], k: &[T], d: &Dims) -> Vec<T> {
             vec![T::default(); rows * plane]
         };
         for grp in 0..d.g.groups {
-            let src: &[T] = if d.is_pointwise() {
-                &img[grp * rows * plane..(grp + 1) * rows * plane]
-            } else {
-                im2col(img, d, grp * d.cg(), &mut cols);
-                &cols
-            };
+            let src = columns(img, d, grp, &mut cols);
             let wg = &k[grp * og * rows..(grp + 1) * og * rows];
             let dst = &mut out_img[grp * og * plane..(grp + 1) * og * plane];
             // SAFETY: wg is og x rows, src is rows x plane, dst is og x plane, all row-major.
@@ -295,12 +302,7 @@ fn backward_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
             let img = &x[i * d.c * d.h * d.w..(i + 1) * d.c * d.h * d.w];
             let dy_img = &dy[i * d.o * plane..(i + 1) * d.o * plane];
             for grp in 0..d.g.groups {
-                let src: &[T] = if d.is_pointwise() {
-                    &img[grp * rows * plane..(grp + 1) * rows * plane]
-                } else {
-                    im2col(img, d, grp * d.cg(), &mut cols);
-                    &cols
-                };
+                let src = columns(img, d, grp, &mut cols);
                 let dyg = &dy_img[grp * og * plane..(grp + 1) * og * plane];
                 let dst = &mut dw[grp * og * rows..(grp + 1) * og * rows];
                 // dst (og x rows) += dyg (og x plane) * src^T (plane x rows).
@@ -328,26 +330,6 @@ fn backward_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
     total
 }
 
-macro_rules! dispatch2 {
-    ($s1:expr, $l1:expr, $s2:expr, $l2:expr, |$a:ident, $b:ident| $body:expr) => {
-        match ($s1, $s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                let ($a, $b) = (contiguous(a, $l1)?, contiguous(b, $l2)?);
-                CpuStorage::F32($body)
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                let ($a, $b) = (contiguous(a, $l1)?, contiguous(b, $l2)?);
-                CpuStorage::F64($body)
-            }
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "conv2d kernel supports f32 and f64 (both operands alike)".into(),
-                ))
-            }
-        }
-    };
-}
-
 /// y = conv2d(x, weight); arguments (x, weight).
 struct Conv2dForward(ConvGeom);
 /// dx from (dy, weight), for input shape `.1`.
@@ -367,7 +349,7 @@ impl CustomOp2 for Conv2dForward {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::new(l1.dims(), l2.dims(), self.0)?;
-        let out = dispatch2!(s1, l1, s2, l2, |x, k| forward(x, k, &d));
+        let out = dispatch2!("conv2d kernel", s1, l1, s2, l2, |x, k| forward(x, k, &d));
         Ok((out, Shape::from((d.n, d.o, d.oh, d.ow))))
     }
     fn bwd(
@@ -402,7 +384,9 @@ impl CustomOp2 for Conv2dBackwardInput {
                 l1.dims()
             )));
         }
-        let out = dispatch2!(s1, l1, s2, l2, |dy, k| backward_input(dy, k, &d));
+        let out = dispatch2!("conv2d kernel", s1, l1, s2, l2, |dy, k| backward_input(
+            dy, k, &d
+        ));
         Ok((out, self.1.clone()))
     }
 }
@@ -425,7 +409,9 @@ impl CustomOp2 for Conv2dBackwardWeight {
                 l2.dims()
             )));
         }
-        let out = dispatch2!(s1, l1, s2, l2, |x, dy| backward_weight(x, dy, &d));
+        let out = dispatch2!("conv2d kernel", s1, l1, s2, l2, |x, dy| backward_weight(
+            x, dy, &d
+        ));
         Ok((out, self.1.clone()))
     }
 }

@@ -1,7 +1,7 @@
 //! Max pooling with padding, forward and backward. The backward pass routes each output
 //! gradient to the first maximum of its window (PyTorch's rule), found again from the input.
 
-use super::{contiguous, for_each_chunk, Elem};
+use super::{for_each_chunk, Elem};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,15 +141,7 @@ impl CustomOp1 for MaxPoolForward {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = dims4(l)?;
         let (oh, ow) = (self.0.out_size(d.2)?, self.0.out_size(d.3)?);
-        let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(forward(contiguous(v, l)?, d, self.0, oh, ow)),
-            CpuStorage::F64(v) => CpuStorage::F64(forward(contiguous(v, l)?, d, self.0, oh, ow)),
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "max pool kernel supports f32 and f64".into(),
-                ))
-            }
-        };
+        let out = dispatch1!("max pool kernel", s, l, |x| forward(x, d, self.0, oh, ow));
         Ok((out, Shape::from((d.0, d.1, oh, ow))))
     }
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -179,29 +171,9 @@ impl CustomOp2 for MaxPoolBackward {
                 l2.dims()
             )));
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward(
-                contiguous(x, l1)?,
-                contiguous(g, l2)?,
-                d,
-                self.0,
-                oh,
-                ow,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(backward(
-                contiguous(x, l1)?,
-                contiguous(g, l2)?,
-                d,
-                self.0,
-                oh,
-                ow,
-            )),
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "max pool kernel supports f32 and f64".into(),
-                ))
-            }
-        };
+        let out = dispatch2!("max pool kernel", s1, l1, s2, l2, |x, g| backward(
+            x, g, d, self.0, oh, ow
+        ));
         Ok((out, l1.shape().clone()))
     }
 }

@@ -1,6 +1,57 @@
 //! CPU kernels that candle does not provide fast enough, exposed as candle custom ops with
 //! their own backward passes (so autodiff goes through them).
 
+/// Runs `$body` on the contiguous data of one f32 or f64 storage, binding it to `$x`, and wraps
+/// the result in a storage of the same type; other dtypes are an error naming `$op`.
+macro_rules! dispatch1 {
+    ($op:expr, $s:expr, $l:expr, |$x:ident| $body:expr) => {
+        match $s {
+            candle_core::CpuStorage::F32(v) => {
+                let $x = $crate::kernels::contiguous(v, $l)?;
+                candle_core::CpuStorage::F32($body)
+            }
+            candle_core::CpuStorage::F64(v) => {
+                let $x = $crate::kernels::contiguous(v, $l)?;
+                candle_core::CpuStorage::F64($body)
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(format!(
+                    "{} supports f32 and f64 only",
+                    $op
+                )))
+            }
+        }
+    };
+}
+
+/// [`dispatch1`] for two operands of the same dtype.
+macro_rules! dispatch2 {
+    ($op:expr, $s1:expr, $l1:expr, $s2:expr, $l2:expr, |$a:ident, $b:ident| $body:expr) => {
+        match ($s1, $s2) {
+            (candle_core::CpuStorage::F32(a), candle_core::CpuStorage::F32(b)) => {
+                let ($a, $b) = (
+                    $crate::kernels::contiguous(a, $l1)?,
+                    $crate::kernels::contiguous(b, $l2)?,
+                );
+                candle_core::CpuStorage::F32($body)
+            }
+            (candle_core::CpuStorage::F64(a), candle_core::CpuStorage::F64(b)) => {
+                let ($a, $b) = (
+                    $crate::kernels::contiguous(a, $l1)?,
+                    $crate::kernels::contiguous(b, $l2)?,
+                );
+                candle_core::CpuStorage::F64($body)
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(format!(
+                    "{} supports f32 and f64 operands of one dtype",
+                    $op
+                )))
+            }
+        }
+    };
+}
+
 pub mod channel_bias;
 pub mod conv2d;
 pub mod max_pool2d;

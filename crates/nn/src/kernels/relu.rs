@@ -2,7 +2,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
-use super::{contiguous, Elem};
+use super::Elem;
 
 struct Relu;
 struct ReluBackward;
@@ -38,15 +38,7 @@ impl CustomOp1 for Relu {
         "gstick-relu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(relu(contiguous(v, l)?)),
-            CpuStorage::F64(v) => CpuStorage::F64(relu(contiguous(v, l)?)),
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "relu kernel supports f32 and f64".into(),
-                ))
-            }
-        };
+        let out = dispatch1!("relu kernel", s, l, |x| relu(x));
         Ok((out, l.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -70,19 +62,7 @@ impl CustomOp2 for ReluBackward {
                 "relu backward: shapes differ".into(),
             ));
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(relu_backward(contiguous(x, l1)?, contiguous(g, l2)?))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(relu_backward(contiguous(x, l1)?, contiguous(g, l2)?))
-            }
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "relu kernel supports f32 and f64".into(),
-                ))
-            }
-        };
+        let out = dispatch2!("relu kernel", s1, l1, s2, l2, |x, g| relu_backward(x, g));
         Ok((out, l1.shape().clone()))
     }
 }
