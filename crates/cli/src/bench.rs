@@ -31,6 +31,56 @@ pub enum BenchKind {
     Layerwise(LlmBenchArgs),
     /// Peak memory and time of the same windows through the fully loaded LLM.
     Forward(LlmBenchArgs),
+    /// Batch-1 greedy decode tokens/s with the KV cache (and without, for comparison).
+    Decode(DecodeBenchArgs),
+}
+
+#[derive(Args)]
+pub struct DecodeBenchArgs {
+    /// GGUF file or Hugging Face directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value = "The history of the printing press begins")]
+    pub prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub tokens: usize,
+}
+
+fn decode(args: DecodeBenchArgs) -> Result<()> {
+    use gstick_models::generate::{generate, Sampling};
+    let (net, _, tokenizer) = crate::llm_cmd::load_lm(&args.model)?;
+    let prompt = tokenizer.encode(&args.prompt)?;
+    anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
+    let mut rates = Vec::new();
+    for use_cache in [true, false] {
+        // Time from the first generated token on, so the prompt pass is not counted.
+        let mut first: Option<Instant> = None;
+        let out = generate(
+            &net,
+            &prompt,
+            args.tokens,
+            Sampling::Greedy,
+            None,
+            use_cache,
+            |_| {
+                first.get_or_insert_with(Instant::now);
+            },
+        )?;
+        let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        rates.push((out.len().saturating_sub(1)) as f64 / seconds.max(1e-9));
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "llm-greedy-decode",
+            "prompt_tokens": prompt.len(),
+            "tokens": args.tokens,
+            "tokens_per_s_kv_cache": rates[0],
+            "tokens_per_s_recompute": rates[1],
+        })
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -55,6 +105,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         Some(BenchKind::Lenet5(args)) => bench(args),
         Some(BenchKind::Layerwise(args)) => llm_memory(args, true),
         Some(BenchKind::Forward(args)) => llm_memory(args, false),
+        Some(BenchKind::Decode(args)) => decode(args),
     }
 }
 

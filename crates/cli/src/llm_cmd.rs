@@ -44,6 +44,9 @@ pub struct GenerateArgs {
     pub temperature: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Recompute the whole sequence for every token instead of using the KV cache.
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// Loads a causal LM and its tokenizer from a GGUF file or a Hugging Face checkpoint directory.
@@ -133,6 +136,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         args.max_tokens,
         sampling,
         tokenizer.eos,
+        !args.no_cache,
         |id| {
             // Decode the whole continuation each time so multi-byte characters print whole.
             new_ids.push(id);

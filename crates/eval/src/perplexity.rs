@@ -75,13 +75,7 @@ pub fn window_nll(exec: &mut Executor, lm: &SplitLm, ids: &[u32]) -> Result<(f64
         let n = HEAD_CHUNK.min(t - 1 - start);
         let h = hidden.narrow(0, start, n)?;
         let logits = match &lm.head {
-            Some(head) => head.forward(
-                &[h],
-                &mut CellCtx {
-                    mode: Mode::Eval,
-                    rng: &mut ctx_rng,
-                },
-            )?,
+            Some(head) => head.forward(&[h], &mut CellCtx::new(Mode::Eval, &mut ctx_rng))?,
             None => h,
         };
         let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;

@@ -1,8 +1,10 @@
-//! Text generation with a causal LM graph: greedy or seeded temperature sampling. Each step runs
-//! the whole sequence again (no KV cache yet), which is fine for short completions.
+//! Text generation with a causal LM graph: greedy or seeded temperature sampling. With the KV
+//! cache, the prompt runs once and each new token costs one single-position forward pass;
+//! without it every step reruns the whole sequence (kept as the reference the cache is tested
+//! against).
 
 use candle_core::{DType, Device, Tensor};
-use gstick_nn::{Executor, Mode, Network};
+use gstick_nn::{Executor, KvCache, Mode, Network};
 use rand::Rng as _;
 
 use crate::Result;
@@ -26,9 +28,13 @@ pub fn generate(
     max_tokens: usize,
     sampling: Sampling,
     eos: Option<u32>,
+    use_cache: bool,
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
     let mut exec = Executor::new(Mode::Eval, 0);
+    if use_cache {
+        exec.cache = Some(KvCache::new());
+    }
     let mut rng = match sampling {
         Sampling::Temperature { seed, .. } => gstick_nn::rng(seed),
         Sampling::Greedy => gstick_nn::rng(0),
@@ -36,11 +42,17 @@ pub fn generate(
     let mut ids = prompt.to_vec();
     let mut new = Vec::with_capacity(max_tokens);
     for _ in 0..max_tokens {
-        let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu)?;
+        // With the cache, the first step feeds the prompt and later steps only the newest token.
+        let feed: &[u32] = if use_cache && !new.is_empty() {
+            &ids[ids.len() - 1..]
+        } else {
+            &ids
+        };
+        let input = Tensor::from_vec(feed.to_vec(), (1, feed.len()), &Device::Cpu)?;
         let logits = exec
             .forward1(net, &input)?
             .squeeze(0)?
-            .get(ids.len() - 1)?
+            .get(feed.len() - 1)?
             .to_dtype(DType::F32)?;
         let next = match sampling {
             Sampling::Greedy => logits.argmax(0)?.to_scalar::<u32>()?,

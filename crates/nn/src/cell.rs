@@ -4,7 +4,7 @@ use std::fmt;
 use candle_core::Tensor;
 use gstick_rewrite::{Graph, Payload};
 
-use crate::{Param, Result, Rng};
+use crate::{KvCache, Param, Result, Rng};
 
 /// Whether cells train (batch statistics, dropout) or evaluate (running statistics, identity).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,10 +13,25 @@ pub enum Mode {
     Eval,
 }
 
-/// What a cell may use besides its inputs: the mode and the seeded generator (dropout).
+/// What a cell may use besides its inputs: the mode, the seeded generator (dropout), and during
+/// incremental decoding the key/value cache with the qualified name of the running node.
 pub struct CellCtx<'a> {
     pub mode: Mode,
     pub rng: &'a mut Rng,
+    pub node: &'a str,
+    pub cache: Option<&'a mut KvCache>,
+}
+
+impl<'a> CellCtx<'a> {
+    /// A context without a cache (a cell run on its own).
+    pub fn new(mode: Mode, rng: &'a mut Rng) -> Self {
+        CellCtx {
+            mode,
+            rng,
+            node: "",
+            cache: None,
+        }
+    }
 }
 
 /// Cloning and downcasting for every cell; implemented for any `Cell + Clone`.

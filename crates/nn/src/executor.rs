@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use gstick_rewrite::{NodeId, Op};
 
 use crate::cell::CellCtx;
-use crate::{Error, Mode, Network, Result, Rng};
+use crate::{Error, KvCache, Mode, Network, Result, Rng};
 
 /// What a forward hook sees: the node's qualified name and kind, its inputs and its output.
 pub struct HookCall<'a> {
@@ -26,6 +26,8 @@ pub struct Executor {
     pub check_finite: bool,
     rng: Rng,
     hooks: Vec<(Option<String>, Hook)>,
+    /// Present during incremental decoding: attention nodes append to it and read from it.
+    pub cache: Option<KvCache>,
 }
 
 impl Executor {
@@ -35,6 +37,7 @@ impl Executor {
             check_finite: false,
             rng: crate::rng(seed),
             hooks: Vec::new(),
+            cache: None,
         }
     }
 
@@ -137,6 +140,8 @@ impl Executor {
                     let mut ctx = CellCtx {
                         mode: self.mode,
                         rng: &mut self.rng,
+                        node: &name,
+                        cache: self.cache.as_mut(),
                     };
                     cell.forward(&args, &mut ctx).map_err(wrap)?
                 }

@@ -10,6 +10,7 @@ pub mod executor;
 pub mod fuse;
 pub mod init;
 pub mod kernels;
+pub mod kv_cache;
 pub mod loss;
 pub mod optim;
 pub mod param;
@@ -19,6 +20,7 @@ pub mod train;
 pub use cell::{Cell, CellCtx, Mode, Network};
 pub use error::{Error, Result};
 pub use executor::{Executor, HookCall};
+pub use kv_cache::KvCache;
 pub use param::{named_params, Param};
 
 /// The seeded random generator used for initialization, dropout and shuffling.

@@ -6,13 +6,7 @@ use gstick_nn::{Cell, CellCtx, Error, Mode};
 
 fn run(cell: &dyn Cell, inputs: &[Tensor]) -> gstick_nn::Result<Tensor> {
     let mut rng = gstick_nn::rng(0);
-    cell.forward(
-        inputs,
-        &mut CellCtx {
-            mode: Mode::Eval,
-            rng: &mut rng,
-        },
-    )
+    cell.forward(inputs, &mut CellCtx::new(Mode::Eval, &mut rng))
 }
 
 fn t(v: &[f32], shape: &[usize]) -> Tensor {

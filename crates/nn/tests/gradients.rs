@@ -18,10 +18,7 @@ fn random(shape: &[usize], seed: u64) -> Tensor {
 /// loss = sum(cell(x) * r) for a fixed random r, so every output position matters differently.
 fn loss(cell: &dyn Cell, x: &Tensor, r: &Tensor, mode: Mode) -> Tensor {
     let mut rng = gstick_nn::rng(0);
-    let mut ctx = CellCtx {
-        mode,
-        rng: &mut rng,
-    };
+    let mut ctx = CellCtx::new(mode, &mut rng);
     let y = cell.forward(std::slice::from_ref(x), &mut ctx).unwrap();
     (y * r).unwrap().sum_all().unwrap()
 }
@@ -34,10 +31,7 @@ fn scalar(t: &Tensor) -> f64 {
 fn check(name: &str, cell: &dyn Cell, x: &Var, wrt: &[(&str, &Var)], mode: Mode) {
     let out_shape = {
         let mut rng = gstick_nn::rng(0);
-        let mut ctx = CellCtx {
-            mode,
-            rng: &mut rng,
-        };
+        let mut ctx = CellCtx::new(mode, &mut rng);
         cell.forward(&[x.as_tensor().clone()], &mut ctx)
             .unwrap()
             .dims()
@@ -186,10 +180,7 @@ fn conv2d_kernel_matches_candle() {
         let y = ours
             .forward(
                 std::slice::from_ref(&x),
-                &mut CellCtx {
-                    mode: Mode::Eval,
-                    rng: &mut rng,
-                },
+                &mut CellCtx::new(Mode::Eval, &mut rng),
             )
             .unwrap();
         let reference = x
@@ -251,10 +242,7 @@ fn batch_norm_running_statistics_follow_pytorch() {
     let mut rng = gstick_nn::rng(0);
     bn.forward(
         std::slice::from_ref(&x),
-        &mut CellCtx {
-            mode: Mode::Train,
-            rng: &mut rng,
-        },
+        &mut CellCtx::new(Mode::Train, &mut rng),
     )
     .unwrap();
     let flat: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
@@ -272,14 +260,8 @@ fn batch_norm_running_statistics_follow_pytorch() {
     }
     // Evaluation leaves the running statistics alone.
     let rm: Vec<f64> = bn.running_mean.tensor().to_vec1().unwrap();
-    bn.forward(
-        &[x],
-        &mut CellCtx {
-            mode: Mode::Eval,
-            rng: &mut rng,
-        },
-    )
-    .unwrap();
+    bn.forward(&[x], &mut CellCtx::new(Mode::Eval, &mut rng))
+        .unwrap();
     assert_eq!(rm, bn.running_mean.tensor().to_vec1::<f64>().unwrap());
 }
 

@@ -404,10 +404,7 @@ fn dropout_is_seeded_and_off_in_eval() {
         let y = d
             .forward(
                 std::slice::from_ref(&x),
-                &mut gstick_nn::CellCtx {
-                    mode,
-                    rng: &mut rng,
-                },
+                &mut gstick_nn::CellCtx::new(mode, &mut rng),
             )
             .unwrap();
         y.flatten_all().unwrap().to_vec1::<f32>().unwrap()

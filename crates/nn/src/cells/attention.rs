@@ -62,10 +62,11 @@ impl SelfAttention {
         })
     }
 
-    /// cos and sin tables (T, head_dim) for positions 0..t, duplicated over the two halves.
+    /// cos and sin tables (T, head_dim) for positions start..start+t, duplicated over the two halves.
     fn rope_tables(
         &self,
         rope: &Rope,
+        start: usize,
         t: usize,
         dtype: DType,
         device: &Device,
@@ -73,7 +74,7 @@ impl SelfAttention {
         let half = self.head_dim / 2;
         let mut cos = Vec::with_capacity(t * self.head_dim);
         let mut sin = Vec::with_capacity(t * self.head_dim);
-        for pos in 0..t {
+        for pos in start..start + t {
             let p = pos as f64 / rope.linear_factor;
             let row: Vec<f64> = (0..half)
                 .map(|i| p * rope.theta.powf(-2.0 * i as f64 / self.head_dim as f64))
@@ -116,7 +117,7 @@ impl Cell for SelfAttention {
         "SelfAttention"
     }
 
-    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
+    fn forward(&self, inputs: &[Tensor], ctx: &mut CellCtx) -> Result<Tensor> {
         let [q, k, v] = inputs else {
             return Err(Error::Arity {
                 kind: "SelfAttention",
@@ -125,16 +126,27 @@ impl Cell for SelfAttention {
             });
         };
         let (b, t, _) = q.dims3()?;
+        // With a cache (incremental decoding), these t tokens follow `offset` cached positions.
+        let node = ctx.node;
+        let offset = ctx.cache.as_deref().map_or(0, |c| c.positions(node));
         let (mut q, mut k) = (
             self.split_heads(q, self.heads)?,
             self.split_heads(k, self.kv_heads)?,
         );
         if let Some(rope) = &self.rope {
-            let (cos, sin) = self.rope_tables(rope, t, q.dtype(), q.device())?;
+            let (cos, sin) = self.rope_tables(rope, offset, t, q.dtype(), q.device())?;
             q = Self::rotate(&q, &cos, &sin)?;
             k = Self::rotate(&k, &cos, &sin)?;
         }
-        let v = self.split_heads(v, self.kv_heads)?;
+        let mut v = self.split_heads(v, self.kv_heads)?;
+        if let Some(cache) = ctx.cache.as_deref_mut() {
+            if let Some((k0, v0)) = cache.get(node) {
+                k = Tensor::cat(&[k0, &k], 2)?;
+                v = Tensor::cat(&[v0, &v], 2)?;
+            }
+            cache.store(node, k.clone(), v.clone());
+        }
+        let total = offset + t;
         // Grouped-query attention: query head h reads key/value head h / group. Queries go in
         // blocks of rows so the score matrix stays small (cache-sized, no huge allocations) and
         // each block only reads the keys it may attend to.
@@ -144,7 +156,11 @@ impl Cell for SelfAttention {
         let mut blocks = Vec::with_capacity(t.div_ceil(QUERY_BLOCK));
         for r0 in (0..t).step_by(QUERY_BLOCK) {
             let rows = QUERY_BLOCK.min(t - r0);
-            let keys = if self.causal { r0 + rows } else { t };
+            let keys = if self.causal {
+                offset + r0 + rows
+            } else {
+                total
+            };
             let qb =
                 q.narrow(3, r0, rows)?
                     .reshape((b, self.kv_heads, group * rows, self.head_dim))?;
@@ -154,7 +170,7 @@ impl Cell for SelfAttention {
                 .matmul(&kb.t()?)?
                 .reshape((b, self.kv_heads, group, rows, keys))?;
             let scores = if self.causal {
-                let mask = causal_mask(r0, rows, keys, scores.dtype(), scores.device())?;
+                let mask = causal_mask(offset + r0, rows, keys, scores.dtype(), scores.device())?;
                 scores.broadcast_add(&mask)?
             } else {
                 scores
