@@ -33,6 +33,73 @@ pub enum BenchKind {
     Forward(LlmBenchArgs),
     /// Batch-1 greedy decode tokens/s with the KV cache (and without, for comparison).
     Decode(DecodeBenchArgs),
+    /// Perplexity throughput (tokens/s), against transformers in the same run when installed.
+    Ppl(PplBenchArgs),
+}
+
+#[derive(Args)]
+pub struct PplBenchArgs {
+    /// A GGUF file.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub text: PathBuf,
+    #[arg(long, default_value_t = 2048)]
+    pub seqlen: usize,
+    #[arg(long, default_value_t = 4)]
+    pub windows: usize,
+    /// Python interpreter with torch and transformers (default: python3).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Skip the transformers baseline.
+    #[arg(long)]
+    pub no_transformers: bool,
+}
+
+fn ppl(args: PplBenchArgs) -> Result<()> {
+    let (net, _, tokenizer) = crate::llm_cmd::load_lm(&args.model)?;
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("reading {}", args.text.display()))?;
+    let ids = tokenizer.encode(&text)?;
+    let ours = gstick_eval::perplexity(&net, &ids, args.seqlen, Some(args.windows), |_, _| {})?;
+    drop(net);
+    let mut report = serde_json::json!({
+        "bench": "llm-perplexity-throughput",
+        "seqlen": args.seqlen,
+        "windows": args.windows,
+        "gstick_tokens_per_s": ours.tokens_per_s,
+        "gstick_ppl": ours.ppl,
+    });
+    if !args.no_transformers {
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/ppl_transformers.py");
+        let out = Command::new(&args.python)
+            .arg(&script)
+            .arg(&args.model)
+            .arg(&args.text)
+            .arg(args.seqlen.to_string())
+            .arg(args.windows.to_string())
+            .output()
+            .with_context(|| format!("running {}", args.python))?;
+        if out.status.success() {
+            let v: serde_json::Value =
+                serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())?;
+            let theirs = v["tokens_per_s"]
+                .as_f64()
+                .context("no tokens_per_s from transformers")?;
+            report["transformers_tokens_per_s"] = theirs.into();
+            report["transformers_ppl"] = v["ppl"].clone();
+            report["ratio_gstick_over_transformers"] = (ours.tokens_per_s / theirs).into();
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            eprintln!(
+                "transformers baseline skipped: {}",
+                err.lines().last().unwrap_or("failed")
+            );
+        }
+    }
+    println!("{report}");
+    Ok(())
 }
 
 #[derive(Args)]
@@ -106,6 +173,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         Some(BenchKind::Layerwise(args)) => llm_memory(args, true),
         Some(BenchKind::Forward(args)) => llm_memory(args, false),
         Some(BenchKind::Decode(args)) => decode(args),
+        Some(BenchKind::Ppl(args)) => ppl(args),
     }
 }
 
