@@ -47,7 +47,7 @@ pub fn export_hf(
         }
         candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))
             .map_err(|e| err(format!("writing model.safetensors: {e}")))?;
-        let mut cfg = config.to_hf_json();
+        let mut cfg = config.to_hf_json()?;
         if let Some(bos) = tokenizer.bos {
             cfg["bos_token_id"] = bos.into();
         }

@@ -5,7 +5,8 @@
 
 use candle_core::Tensor;
 use gstick_nn::cells::{
-    Activation, ActivationKind, Add, Embedding, Linear, Mul, RmsNorm, Rope, SelfAttention,
+    Activation, ActivationKind, Add, Embedding, Linear, Mul, RmsNorm, Rope, RopeScaling,
+    SelfAttention,
 };
 use gstick_nn::{Cell, Network};
 
@@ -29,8 +30,8 @@ pub struct LlamaConfig {
     pub tie_embeddings: bool,
     /// q/k/v projections have biases (Qwen2).
     pub qkv_bias: bool,
-    /// Linear RoPE position scaling (1.0: none).
-    pub rope_linear_factor: f64,
+    /// How RoPE frequencies are scaled for long contexts.
+    pub rope_scaling: RopeScaling,
 }
 
 impl LlamaConfig {
@@ -62,7 +63,18 @@ impl LlamaConfig {
                 self.head_dim
             ));
         }
-        if !(self.rope_theta > 0.0 && self.rms_eps > 0.0 && self.rope_linear_factor > 0.0) {
+        let scaling_ok = match &self.rope_scaling {
+            RopeScaling::None => true,
+            RopeScaling::Linear { factor } | RopeScaling::Llama3 { factor, .. } => *factor > 0.0,
+            RopeScaling::Factors(f) => f.len() == self.head_dim / 2 && f.iter().all(|v| *v > 0.0),
+        };
+        if !scaling_ok {
+            return bad(format!(
+                "invalid RoPE scaling {:?} for head dimension {}",
+                self.rope_scaling, self.head_dim
+            ));
+        }
+        if !(self.rope_theta > 0.0 && self.rms_eps > 0.0) {
             return bad(format!(
                 "rope theta {} and RMSNorm eps {} must be positive",
                 self.rope_theta, self.rms_eps
@@ -86,20 +98,32 @@ impl LlamaConfig {
         }
         let heads = ck.config_usize("num_attention_heads")?;
         let hidden = ck.config_usize("hidden_size")?;
-        let rope_linear_factor = match &cfg["rope_scaling"] {
-            serde_json::Value::Null => 1.0,
-            scaling => match scaling["rope_type"].as_str().or(scaling["type"].as_str()) {
-                Some("default") => 1.0,
-                Some("linear") => scaling["factor"]
-                    .as_f64()
-                    .ok_or_else(|| bad("rope_scaling.factor is missing".into()))?,
-                other => {
-                    return Err(bad(format!(
-                        "RoPE scaling {other:?} is not supported yet (default, linear)"
-                    )))
+        let rope_scaling =
+            match &cfg["rope_scaling"] {
+                serde_json::Value::Null => RopeScaling::None,
+                scaling => {
+                    let num = |k: &str| {
+                        scaling[k]
+                            .as_f64()
+                            .ok_or_else(|| bad(format!("rope_scaling.{k} is missing")))
+                    };
+                    match scaling["rope_type"].as_str().or(scaling["type"].as_str()) {
+                        Some("default") => RopeScaling::None,
+                        Some("linear") => RopeScaling::Linear {
+                            factor: num("factor")?,
+                        },
+                        Some("llama3") => RopeScaling::Llama3 {
+                            factor: num("factor")?,
+                            low_freq_factor: num("low_freq_factor")?,
+                            high_freq_factor: num("high_freq_factor")?,
+                            original_max_positions: num("original_max_position_embeddings")?,
+                        },
+                        other => return Err(bad(format!(
+                            "RoPE scaling {other:?} is not supported yet (default, linear, llama3)"
+                        ))),
+                    }
                 }
-            },
-        };
+            };
         let config = LlamaConfig {
             vocab: ck.config_usize("vocab_size")?,
             hidden,
@@ -117,14 +141,14 @@ impl LlamaConfig {
             tie_embeddings: cfg["tie_word_embeddings"].as_bool().unwrap_or(false)
                 || !ck.has("lm_head.weight"),
             qkv_bias: model_type == "qwen2",
-            rope_linear_factor,
+            rope_scaling,
         };
         config.validate()?;
         Ok(config)
     }
 
     /// The `config.json` of this model in Hugging Face's Llama (or Qwen2) form.
-    pub fn to_hf_json(&self) -> serde_json::Value {
+    pub fn to_hf_json(&self) -> Result<serde_json::Value> {
         let mut v = serde_json::json!({
             "architectures": [if self.qkv_bias { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
             "model_type": if self.qkv_bias { "qwen2" } else { "llama" },
@@ -141,11 +165,32 @@ impl LlamaConfig {
             "hidden_act": "silu",
             "torch_dtype": "float32",
         });
-        if self.rope_linear_factor != 1.0 {
-            v["rope_scaling"] =
-                serde_json::json!({"rope_type": "linear", "factor": self.rope_linear_factor});
+        match &self.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => {
+                v["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": factor})
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_positions,
+            } => {
+                v["rope_scaling"] = serde_json::json!({
+                    "rope_type": "llama3",
+                    "factor": factor,
+                    "low_freq_factor": low_freq_factor,
+                    "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": original_max_positions,
+                })
+            }
+            RopeScaling::Factors(_) => {
+                return Err(Error::Config(
+                    "per-frequency RoPE factors have no config.json form".into(),
+                ))
+            }
         }
-        v
+        Ok(v)
     }
 
     /// Reads the configuration from GGUF metadata (`general.architecture` = llama or qwen2).
@@ -194,9 +239,22 @@ impl LlamaConfig {
             rms_eps: g.require_f64(&key("attention.layer_norm_rms_epsilon"))?,
             tie_embeddings: g.tensor_info("output.weight").is_err(),
             qkv_bias: g.tensor_info("blk.0.attn_q.bias").is_ok(),
-            rope_linear_factor: match g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
-                None | Some("none") => 1.0,
-                Some("linear") => g.require_f64(&key("rope.scaling.factor"))?,
+            rope_scaling: match g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+                Some("linear") => RopeScaling::Linear {
+                    factor: g.require_f64(&key("rope.scaling.factor"))?,
+                },
+                None | Some("none") => match g.tensor_info("rope_freqs.weight") {
+                    // llama.cpp stores Llama 3.1 scaling as per-frequency divisors.
+                    Ok(_) => RopeScaling::Factors(
+                        g.dequantize("rope_freqs.weight")?
+                            .flatten_all()?
+                            .to_vec1::<f32>()?
+                            .into_iter()
+                            .map(f64::from)
+                            .collect(),
+                    ),
+                    Err(_) => RopeScaling::None,
+                },
                 Some(other) => {
                     return Err(Error::Load {
                         path: g.path().display().to_string(),
@@ -283,7 +341,7 @@ pub fn build_decoder_layer(
     )?;
     let rope = Rope {
         theta: c.rope_theta,
-        linear_factor: 1.0,
+        scaling: c.rope_scaling.clone(),
     };
     let attn = SelfAttention::causal(c.heads, c.kv_heads, c.head_dim, rope)?;
     let a = g.add_cell("self_attn.attention", Box::new(attn), &[q, k, v])?;

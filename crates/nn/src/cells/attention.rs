@@ -1,14 +1,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
+use super::Rope;
 use crate::{Cell, CellCtx, Error, Result};
-
-/// Rotary position embedding settings.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rope {
-    pub theta: f64,
-    /// Linear position scaling (positions are divided by this factor); 1.0 = none.
-    pub linear_factor: f64,
-}
 
 /// Multi-head self-attention over projected q, k, v (B, T, heads * head_dim): causal or
 /// bidirectional, with optional rotary position embeddings (rotate-half convention) and
@@ -62,32 +55,6 @@ impl SelfAttention {
         })
     }
 
-    /// cos and sin tables (T, head_dim) for positions start..start+t, duplicated over the two halves.
-    fn rope_tables(
-        &self,
-        rope: &Rope,
-        start: usize,
-        t: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<(Tensor, Tensor)> {
-        let half = self.head_dim / 2;
-        let mut cos = Vec::with_capacity(t * self.head_dim);
-        let mut sin = Vec::with_capacity(t * self.head_dim);
-        for pos in start..start + t {
-            let p = pos as f64 / rope.linear_factor;
-            let row: Vec<f64> = (0..half)
-                .map(|i| p * rope.theta.powf(-2.0 * i as f64 / self.head_dim as f64))
-                .collect();
-            for _ in 0..2 {
-                cos.extend(row.iter().map(|a| a.cos() as f32));
-                sin.extend(row.iter().map(|a| a.sin() as f32));
-            }
-        }
-        let make = |v| Tensor::from_vec(v, (t, self.head_dim), device)?.to_dtype(dtype);
-        Ok((make(cos)?, make(sin)?))
-    }
-
     /// x (B, H, T, D) rotated: x * cos + rotate_half(x) * sin.
     fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let d = x.dim(D::Minus1)?;
@@ -134,7 +101,7 @@ impl Cell for SelfAttention {
             self.split_heads(k, self.kv_heads)?,
         );
         if let Some(rope) = &self.rope {
-            let (cos, sin) = self.rope_tables(rope, offset, t, q.dtype(), q.device())?;
+            let (cos, sin) = rope.tables(self.head_dim, offset, t, q.dtype(), q.device())?;
             q = Self::rotate(&q, &cos, &sin)?;
             k = Self::rotate(&k, &cos, &sin)?;
         }

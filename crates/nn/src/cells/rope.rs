@@ -1,0 +1,101 @@
+//! Rotary position embeddings: the frequencies, their scaling variants, and the cos/sin tables.
+
+use std::f64::consts::PI;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::Result;
+
+/// How the base frequencies are stretched for contexts longer than training.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor` (every frequency divided by it).
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1: long wavelengths divided by `factor`, short ones kept, a smooth blend between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_positions: f64,
+    },
+    /// Per-frequency divisors (llama.cpp's `rope_freqs` tensor), one per pair of dimensions.
+    Factors(Vec<f64>),
+}
+
+/// Rotary position embedding settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+impl Rope {
+    pub fn new(theta: f64) -> Self {
+        Rope {
+            theta,
+            scaling: RopeScaling::None,
+        }
+    }
+
+    /// The `head_dim / 2` angular frequencies, scaled.
+    pub fn inv_freq(&self, head_dim: usize) -> Vec<f64> {
+        (0..head_dim / 2)
+            .map(|i| {
+                let f = self.theta.powf(-2.0 * i as f64 / head_dim as f64);
+                match &self.scaling {
+                    RopeScaling::None => f,
+                    RopeScaling::Linear { factor } => f / factor,
+                    RopeScaling::Factors(divisors) => f / divisors.get(i).copied().unwrap_or(1.0),
+                    RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_positions,
+                    } => {
+                        let wavelen = 2.0 * PI / f;
+                        let low_wavelen = original_max_positions / low_freq_factor;
+                        let high_wavelen = original_max_positions / high_freq_factor;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (original_max_positions / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// cos and sin tables (t, head_dim) for positions start..start+t, each frequency repeated for
+    /// both halves of the head (the rotate-half convention).
+    pub fn tables(
+        &self,
+        head_dim: usize,
+        start: usize,
+        t: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let freqs = self.inv_freq(head_dim);
+        let mut cos = Vec::with_capacity(t * head_dim);
+        let mut sin = Vec::with_capacity(t * head_dim);
+        for pos in start..start + t {
+            for _ in 0..2 {
+                for f in &freqs {
+                    let angle = pos as f64 * f;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        let make = |v| Tensor::from_vec(v, (t, head_dim), device)?.to_dtype(dtype);
+        Ok((make(cos)?, make(sin)?))
+    }
+}
