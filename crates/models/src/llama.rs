@@ -98,32 +98,33 @@ impl LlamaConfig {
         }
         let heads = ck.config_usize("num_attention_heads")?;
         let hidden = ck.config_usize("hidden_size")?;
-        let rope_scaling =
-            match &cfg["rope_scaling"] {
-                serde_json::Value::Null => RopeScaling::None,
-                scaling => {
-                    let num = |k: &str| {
-                        scaling[k]
-                            .as_f64()
-                            .ok_or_else(|| bad(format!("rope_scaling.{k} is missing")))
-                    };
-                    match scaling["rope_type"].as_str().or(scaling["type"].as_str()) {
-                        Some("default") => RopeScaling::None,
-                        Some("linear") => RopeScaling::Linear {
-                            factor: num("factor")?,
-                        },
-                        Some("llama3") => RopeScaling::Llama3 {
-                            factor: num("factor")?,
-                            low_freq_factor: num("low_freq_factor")?,
-                            high_freq_factor: num("high_freq_factor")?,
-                            original_max_positions: num("original_max_position_embeddings")?,
-                        },
-                        other => return Err(bad(format!(
+        let rope_scaling = match &cfg["rope_scaling"] {
+            serde_json::Value::Null => RopeScaling::None,
+            scaling => {
+                let num = |k: &str| {
+                    scaling[k]
+                        .as_f64()
+                        .ok_or_else(|| bad(format!("rope_scaling.{k} is missing")))
+                };
+                match scaling["rope_type"].as_str().or(scaling["type"].as_str()) {
+                    Some("default") => RopeScaling::None,
+                    Some("linear") => RopeScaling::Linear {
+                        factor: num("factor")?,
+                    },
+                    Some("llama3") => RopeScaling::Llama3 {
+                        factor: num("factor")?,
+                        low_freq_factor: num("low_freq_factor")?,
+                        high_freq_factor: num("high_freq_factor")?,
+                        original_max_positions: num("original_max_position_embeddings")?,
+                    },
+                    other => {
+                        return Err(bad(format!(
                             "RoPE scaling {other:?} is not supported yet (default, linear, llama3)"
-                        ))),
+                        )))
                     }
                 }
-            };
+            }
+        };
         let config = LlamaConfig {
             vocab: ck.config_usize("vocab_size")?,
             hidden,

@@ -1,8 +1,9 @@
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::error::expect_inputs;
 use crate::init::{default_bound, uniform};
-use crate::{Cell, CellCtx, Param, Result, Rng};
+use crate::kernels::linear::{linear_no_grad, MIN_ROWS};
+use crate::{Cell, CellCtx, Mode, Param, Result, Rng};
 
 /// y = x W^T + b over the last dimension; W is (out, in).
 #[derive(Clone, Debug)]
@@ -53,7 +54,17 @@ impl Cell for Linear {
         let dims = x.dims().to_vec();
         let last = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / last.max(1);
-        let y = x.reshape((rows, last))?.matmul(&w.t()?)?;
+        let x2 = x.reshape((rows, last))?;
+        // Inference on many rows takes the faster kernel; training keeps candle's autodiff.
+        let fast = ctx.mode == Mode::Eval
+            && rows >= MIN_ROWS
+            && x.dtype() == DType::F32
+            && w.dtype() == DType::F32;
+        let y = if fast {
+            linear_no_grad(&x2, &w)?
+        } else {
+            x2.matmul(&w.t()?)?
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(&b.value(ctx.mode))?,
             None => y,

@@ -54,6 +54,7 @@ macro_rules! dispatch2 {
 
 pub mod channel_bias;
 pub mod conv2d;
+pub mod linear;
 pub mod max_pool2d;
 pub mod relu;
 
@@ -141,7 +142,7 @@ pub fn set_kernel_threads(threads: Option<usize>) {
     KERNEL_THREADS.store(threads.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
 }
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     match KERNEL_THREADS.load(std::sync::atomic::Ordering::Relaxed) {
         0 => *DEFAULT.get_or_init(|| {
