@@ -232,3 +232,64 @@ fn rope_scaling_variants() {
         .to_string()
         .contains("invalid RoPE scaling"));
 }
+
+#[test]
+fn sharded_checkpoints_load_like_single_files() {
+    let tensors = tiny_tensors(false);
+    let single = write_checkpoint("single", &tiny_config("llama"), &tensors);
+    let sharded =
+        TempDir(std::env::temp_dir().join(format!("gstick-tiny-sharded-{}", std::process::id())));
+    std::fs::create_dir_all(&sharded.0).unwrap();
+    std::fs::write(
+        sharded.0.join("config.json"),
+        tiny_config("llama").to_string(),
+    )
+    .unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let shard: HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, sharded.0.join(file)).unwrap();
+        for n in part {
+            weight_map.insert((*n).clone(), file.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        sharded.0.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let ids = Tensor::from_vec(vec![1u32, 5, 9, 2], (1, 4), &Device::Cpu).unwrap();
+    let run = |dir: &Path| -> Vec<f32> {
+        let (net, _) = load_llama_hf(dir).unwrap();
+        Executor::new(Mode::Eval, 0)
+            .forward1(&net, &ids)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    assert_eq!(run(&single.0), run(&sharded.0));
+    // A shard name that escapes the directory is refused.
+    let evil = serde_json::json!({"weight_map": {"model.norm.weight": "../elsewhere.safetensors"}});
+    std::fs::write(
+        sharded.0.join("model.safetensors.index.json"),
+        evil.to_string(),
+    )
+    .unwrap();
+    assert!(
+        load_error(&sharded.0).contains("outside the directory"),
+        "{}",
+        load_error(&sharded.0)
+    );
+}
