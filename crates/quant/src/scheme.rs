@@ -1,0 +1,227 @@
+//! Integer quantization arithmetic with the conventions of the original toolkit (spec §3.0):
+//! integer ranges, scale and zero point from a min/max, round-to-nearest quantization of weights
+//! per tensor, per output channel or per group of input channels, and int4 nibble packing.
+//!
+//! Rounding is to nearest with ties to even, as numpy's `round` that the original uses.
+
+/// Errors of the quantization settings.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SchemeError {
+    #[error("{0} bits is not supported (2 to 8)")]
+    Bits(u32),
+    #[error("group size {group} does not divide the {cols} input channels")]
+    Group { group: usize, cols: usize },
+    #[error("weight has {got} values, {rows} x {cols} expected")]
+    Shape {
+        got: usize,
+        rows: usize,
+        cols: usize,
+    },
+    #[error("non-finite weight value in row {row}")]
+    NonFinite { row: usize },
+}
+
+/// The integer range of `bits`: signed `[-2^(b-1), 2^(b-1)-1]`, unsigned `[0, 2^b-1]`; a narrow
+/// range gives up the lowest value (int8 narrow = [-127, 127]).
+pub fn int_range(bits: u32, signed: bool, narrow: bool) -> Result<(i32, i32), SchemeError> {
+    if !(2..=8).contains(&bits) {
+        return Err(SchemeError::Bits(bits));
+    }
+    let (lo, hi) = if signed {
+        (-(1i32 << (bits - 1)), (1i32 << (bits - 1)) - 1)
+    } else {
+        (0, (1i32 << bits) - 1)
+    };
+    Ok((if narrow { lo + 1 } else { lo }, hi))
+}
+
+/// Scale and zero point: x ≈ (q - zero_point) * scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QParams {
+    pub scale: f64,
+    pub zero_point: f64,
+}
+
+/// Quantization parameters from a value range (f64, as the original's high-precision path):
+/// symmetric widens to [-m, m] with m = max(|min|, |max|) and zero point 0; otherwise
+/// zp = round(qmin - min / scale). A constant range gives scale 1 and zero point 0.
+/// Note the original's consequence: symmetric int8 uses scale = 2·absmax/255, not absmax/127.
+pub fn qparams(min: f64, max: f64, (qmin, qmax): (i32, i32), symmetric: bool) -> QParams {
+    if max == min {
+        return QParams {
+            scale: 1.0,
+            zero_point: 0.0,
+        };
+    }
+    let (lo, hi) = if symmetric {
+        let m = min.abs().max(max.abs());
+        (-m, m)
+    } else {
+        (min, max)
+    };
+    let scale = (hi - lo) / (qmax - qmin) as f64;
+    let zero_point = if symmetric {
+        0.0
+    } else {
+        (qmin as f64 - lo / scale).round_ties_even()
+    };
+    QParams { scale, zero_point }
+}
+
+/// q = clamp(round(x / scale + zp), qmin, qmax).
+pub fn quantize(x: f64, p: QParams, (qmin, qmax): (i32, i32)) -> i32 {
+    ((x / p.scale + p.zero_point).round_ties_even()).clamp(qmin as f64, qmax as f64) as i32
+}
+
+/// x ≈ (q - zp) * scale.
+pub fn dequantize(q: i32, p: QParams) -> f64 {
+    (q as f64 - p.zero_point) * p.scale
+}
+
+/// Which values share one scale and zero point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Granularity {
+    PerTensor,
+    /// One per output channel (row of the (out, in) weight).
+    PerChannel,
+    /// One per output channel and run of `group` consecutive input channels.
+    PerGroup(usize),
+}
+
+/// Settings of weight quantization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightScheme {
+    pub bits: u32,
+    pub granularity: Granularity,
+    pub symmetric: bool,
+    pub narrow: bool,
+}
+
+/// A quantized (out, in) weight: integer values in row-major order and one (scale, zero point)
+/// per block, blocks in row-major order (row, group).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizedWeight {
+    pub rows: usize,
+    pub cols: usize,
+    pub scheme: WeightScheme,
+    pub values: Vec<i8>,
+    pub params: Vec<QParams>,
+}
+
+impl WeightScheme {
+    /// Input channels per block (the whole row for per-channel; everything for per-tensor).
+    fn block_cols(&self, cols: usize) -> usize {
+        match self.granularity {
+            Granularity::PerGroup(g) => g,
+            _ => cols,
+        }
+    }
+
+    /// Round-to-nearest quantization of a row-major (rows, cols) weight.
+    pub fn quantize_weight(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<QuantizedWeight, SchemeError> {
+        if w.len() != rows * cols {
+            return Err(SchemeError::Shape {
+                got: w.len(),
+                rows,
+                cols,
+            });
+        }
+        if let Granularity::PerGroup(group) = self.granularity {
+            if group == 0 || !cols.is_multiple_of(group) {
+                return Err(SchemeError::Group { group, cols });
+            }
+        }
+        if let Some(row) = w
+            .iter()
+            .position(|v| !v.is_finite())
+            .map(|i| i / cols.max(1))
+        {
+            return Err(SchemeError::NonFinite { row });
+        }
+        let range = int_range(self.bits, true, self.narrow)?;
+        let min_max = |vals: &mut dyn Iterator<Item = f32>| {
+            vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v as f64), hi.max(v as f64))
+            })
+        };
+        let block = self.block_cols(cols);
+        let mut params = Vec::new();
+        let mut values = vec![0i8; w.len()];
+        if self.granularity == Granularity::PerTensor {
+            let (lo, hi) = min_max(&mut w.iter().copied());
+            params.push(qparams(lo, hi, range, self.symmetric));
+        }
+        for r in 0..rows {
+            for b in 0..cols / block.max(1) {
+                let span = r * cols + b * block..r * cols + (b + 1) * block;
+                let p = if self.granularity == Granularity::PerTensor {
+                    params[0]
+                } else {
+                    let (lo, hi) = min_max(&mut w[span.clone()].iter().copied());
+                    let p = qparams(lo, hi, range, self.symmetric);
+                    params.push(p);
+                    p
+                };
+                for i in span {
+                    values[i] = quantize(w[i] as f64, p, range) as i8;
+                }
+            }
+        }
+        Ok(QuantizedWeight {
+            rows,
+            cols,
+            scheme: *self,
+            values,
+            params,
+        })
+    }
+}
+
+impl QuantizedWeight {
+    /// The (scale, zero point) of value (row, col).
+    pub fn params_at(&self, row: usize, col: usize) -> QParams {
+        match self.scheme.granularity {
+            Granularity::PerTensor => self.params[0],
+            Granularity::PerChannel => self.params[row],
+            Granularity::PerGroup(g) => self.params[row * (self.cols / g) + col / g],
+        }
+    }
+
+    /// The weight the integers stand for, row-major (rows, cols).
+    pub fn dequantize(&self) -> Vec<f32> {
+        (0..self.rows * self.cols)
+            .map(|i| {
+                dequantize(
+                    self.values[i] as i32,
+                    self.params_at(i / self.cols, i % self.cols),
+                ) as f32
+            })
+            .collect()
+    }
+}
+
+/// Packs signed 4-bit values two per byte along the last axis: element 2j in the low nibble,
+/// element 2j+1 in the high nibble (spec §3.0). An odd count leaves the last high nibble 0.
+pub fn pack_int4(values: &[i8]) -> Vec<u8> {
+    values
+        .chunks(2)
+        .map(|pair| {
+            (pair[0] as u8 & 0x0F) | ((pair.get(1).copied().unwrap_or(0) as u8 & 0x0F) << 4)
+        })
+        .collect()
+}
+
+/// The inverse of [`pack_int4`]: `count` sign-extended 4-bit values.
+pub fn unpack_int4(bytes: &[u8], count: usize) -> Vec<i8> {
+    let nibble = |n: u8| ((n << 4) as i8) >> 4;
+    bytes
+        .iter()
+        .flat_map(|&b| [nibble(b & 0x0F), nibble(b >> 4)])
+        .take(count)
+        .collect()
+}
