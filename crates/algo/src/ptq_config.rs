@@ -1,0 +1,544 @@
+//! `PtqConfig`: what post-training quantization does, with the original's fields, defaults and
+//! validation rules (spec §2.3; rules that only concern Ascend hardware are left out), recipe
+//! files in TOML, and per-layer policies keyed by regular expressions (spec §2.5).
+//!
+//! Every rule is checked before any work starts, and each error names the field at fault.
+
+use serde::{Deserialize, Serialize};
+
+use gstick_quant::{Granularity, WeightScheme};
+
+/// A configuration that cannot be used, with the field at fault.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("recipe {path}: {message}")]
+    Recipe { path: String, message: String },
+    #[error("layer `{layer}` matches two layer policies: `{first}` and `{second}`")]
+    PolicyConflict {
+        layer: String,
+        first: String,
+        second: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PtqMode {
+    /// Calibrate and produce a quantized checkpoint.
+    #[default]
+    Quantize,
+    /// Build the quantized skeleton to load a quantized checkpoint.
+    Deploy,
+}
+
+/// Integer types of weights, activations and the KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantDtype {
+    Int8,
+    Int4,
+    Int3,
+    Int2,
+}
+
+impl QuantDtype {
+    pub fn bits(self) -> u32 {
+        match self {
+            QuantDtype::Int8 => 8,
+            QuantDtype::Int4 => 4,
+            QuantDtype::Int3 => 3,
+            QuantDtype::Int2 => 2,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionRecovery {
+    #[default]
+    None,
+    Gptq,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutliersSuppression {
+    #[default]
+    None,
+    Smooth,
+    Awq,
+    #[serde(rename = "outlier-suppression+")]
+    OutlierSuppressionPlus,
+    OutlierSuppressionLite,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantGranularity {
+    PerTensor,
+    PerChannel,
+    PerToken,
+    PerGroup,
+}
+
+/// A hyper-parameter that is either fixed or searched over a grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Grid {
+    Fixed(f64),
+    Search(Vec<f64>),
+}
+
+impl Grid {
+    pub fn values(&self) -> Vec<f64> {
+        match self {
+            Grid::Fixed(v) => vec![*v],
+            Grid::Search(v) => v.clone(),
+        }
+    }
+}
+
+/// GPTQ settings (`GPTQQuantConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GptqConfig {
+    pub block_size: usize,
+    pub desc_act: bool,
+    pub damp_percent: f64,
+    pub static_groups: bool,
+}
+
+impl Default for GptqConfig {
+    fn default() -> Self {
+        GptqConfig {
+            block_size: 128,
+            desc_act: false,
+            damp_percent: 0.01,
+            static_groups: false,
+        }
+    }
+}
+
+/// AWQ settings (`AWQConfig`): the smoothing exponent and clip ratio, fixed or searched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwqConfig {
+    pub duo_scaling: bool,
+    pub smooth_alpha: Grid,
+    pub weight_clip_ratio: Grid,
+}
+
+impl Default for AwqConfig {
+    fn default() -> Self {
+        AwqConfig {
+            duo_scaling: true,
+            smooth_alpha: Grid::Search((0..20).map(|i| i as f64 / 20.0).collect()),
+            weight_clip_ratio: Grid::Search((0..10).map(|i| 1.0 - i as f64 / 20.0).collect()),
+        }
+    }
+}
+
+/// The PTQ configuration of a network or of one layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PtqConfig {
+    pub mode: PtqMode,
+    /// Layers whose full name contains one of these strings are left alone.
+    pub opname_blacklist: Vec<String>,
+    pub weight_quant_dtype: Option<QuantDtype>,
+    pub kvcache_quant_dtype: Option<QuantDtype>,
+    pub act_quant_dtype: Option<QuantDtype>,
+    pub precision_recovery: PrecisionRecovery,
+    pub outliers_suppression: OutliersSuppression,
+    pub weight_quant_granularity: QuantGranularity,
+    pub kvcache_quant_granularity: QuantGranularity,
+    pub act_quant_granularity: QuantGranularity,
+    /// 0 unless per-group.
+    pub group_size: usize,
+    pub weight_symmetric: bool,
+    pub weight_narrow_range: bool,
+    /// AWQ-style clip search (always on for AWQ and OSL).
+    pub weight_clip: bool,
+    pub gptq: GptqConfig,
+    pub awq: AwqConfig,
+}
+
+impl Default for PtqConfig {
+    fn default() -> Self {
+        PtqConfig {
+            mode: PtqMode::Quantize,
+            opname_blacklist: Vec::new(),
+            weight_quant_dtype: Some(QuantDtype::Int8),
+            kvcache_quant_dtype: None,
+            act_quant_dtype: None,
+            precision_recovery: PrecisionRecovery::None,
+            outliers_suppression: OutliersSuppression::None,
+            weight_quant_granularity: QuantGranularity::PerChannel,
+            kvcache_quant_granularity: QuantGranularity::PerChannel,
+            act_quant_granularity: QuantGranularity::PerTensor,
+            group_size: 0,
+            weight_symmetric: true,
+            weight_narrow_range: false,
+            weight_clip: false,
+            gptq: GptqConfig::default(),
+            awq: AwqConfig::default(),
+        }
+    }
+}
+
+/// Group sizes the per-group kernels and exports support.
+pub const GROUP_SIZES: [usize; 4] = [32, 64, 128, 256];
+
+impl PtqConfig {
+    /// Checks every rule; the first violation is returned, naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use QuantDtype::*;
+        use QuantGranularity::*;
+        let w = self.weight_quant_dtype;
+        let a = self.act_quant_dtype;
+        if !matches!(self.weight_quant_granularity, PerChannel | PerGroup) {
+            return Err(invalid(
+                "weight_quant_granularity",
+                "must be per_channel or per_group",
+            ));
+        }
+        if !matches!(self.act_quant_granularity, PerTensor | PerToken) {
+            return Err(invalid(
+                "act_quant_granularity",
+                "must be per_tensor or per_token",
+            ));
+        }
+        if !matches!(self.kvcache_quant_granularity, PerChannel | PerToken) {
+            return Err(invalid(
+                "kvcache_quant_granularity",
+                "must be per_channel or per_token",
+            ));
+        }
+        match (self.weight_quant_granularity, self.group_size) {
+            (PerGroup, g) if !GROUP_SIZES.contains(&g) => {
+                return Err(invalid(
+                    "group_size",
+                    format!("{g} is not one of {GROUP_SIZES:?} (required by per_group)"),
+                ))
+            }
+            (PerChannel, g) if g != 0 => {
+                return Err(invalid(
+                    "group_size",
+                    format!("must be 0 unless weight_quant_granularity is per_group (got {g})"),
+                ))
+            }
+            _ => {}
+        }
+        if a.is_some_and(|d| d != Int8) {
+            return Err(invalid(
+                "act_quant_dtype",
+                "activations quantize to int8 only",
+            ));
+        }
+        if self.kvcache_quant_dtype.is_some_and(|d| d != Int8) {
+            return Err(invalid(
+                "kvcache_quant_dtype",
+                "the KV cache quantizes to int8 only",
+            ));
+        }
+        if self.act_quant_granularity == PerToken && !(a == Some(Int8) && w.is_some()) {
+            return Err(invalid(
+                "act_quant_granularity",
+                "per_token needs act_quant_dtype int8 and a weight dtype",
+            ));
+        }
+        if w == Some(Int8) && a == Some(Int8) && self.weight_quant_granularity != PerChannel {
+            return Err(invalid(
+                "weight_quant_granularity",
+                "A8W8 needs per_channel weights",
+            ));
+        }
+        if self.kvcache_quant_granularity == PerToken && self.kvcache_quant_dtype != Some(Int8) {
+            return Err(invalid(
+                "kvcache_quant_granularity",
+                "per_token needs kvcache_quant_dtype int8",
+            ));
+        }
+        let low_bit_weights = w.is_some_and(|d| d != Int8);
+        if a == Some(Int8)
+            && low_bit_weights
+            && !(self.act_quant_granularity == PerToken
+                && self.precision_recovery == PrecisionRecovery::Gptq)
+        {
+            return Err(invalid(
+                "act_quant_granularity",
+                "A8W4 needs per_token activations and precision_recovery gptq",
+            ));
+        }
+        if w.is_none() && a.is_some() {
+            return Err(invalid(
+                "weight_quant_dtype",
+                "activation-only quantization is not supported",
+            ));
+        }
+        let searches = matches!(self.outliers_suppression, OutliersSuppression::Awq)
+            || self.precision_recovery == PrecisionRecovery::Gptq;
+        if w == Some(Int8) && a == Some(Int8) && searches {
+            return Err(invalid(
+                "outliers_suppression",
+                "AWQ and GPTQ do not support quantized activations (A8W8)",
+            ));
+        }
+        if self.outliers_suppression == OutliersSuppression::OutlierSuppressionLite
+            && !(w == Some(Int8) && a == Some(Int8) && self.kvcache_quant_dtype.is_none())
+        {
+            return Err(invalid(
+                "outliers_suppression",
+                "outlier-suppression-lite needs exactly A8W8 without KV quantization",
+            ));
+        }
+        if low_bit_weights && self.kvcache_quant_dtype.is_some() {
+            return Err(invalid(
+                "kvcache_quant_dtype",
+                "low-bit weights cannot be combined with an int8 KV cache",
+            ));
+        }
+        if (self.precision_recovery == PrecisionRecovery::Gptq
+            || self.outliers_suppression == OutliersSuppression::Awq)
+            && w.is_none()
+        {
+            return Err(invalid(
+                "weight_quant_dtype",
+                "GPTQ and AWQ quantize weights: a weight dtype is required",
+            ));
+        }
+        if self.act_quant_granularity == PerToken && !self.weight_symmetric {
+            return Err(invalid(
+                "weight_symmetric",
+                "per_token activations need symmetric weights",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.gptq.damp_percent) {
+            return Err(invalid(
+                "gptq.damp_percent",
+                format!("{} is not in [0, 1]", self.gptq.damp_percent),
+            ));
+        }
+        for (field, grid) in [
+            ("awq.smooth_alpha", &self.awq.smooth_alpha),
+            ("awq.weight_clip_ratio", &self.awq.weight_clip_ratio),
+        ] {
+            let values = grid.values();
+            if values.is_empty() || values.iter().any(|v| !(0.0..=1.0).contains(v)) {
+                return Err(invalid(
+                    field,
+                    format!("every value must be in [0, 1] (got {values:?})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The weight quantization scheme this configuration asks for, if it quantizes weights.
+    pub fn weight_scheme(&self) -> Option<WeightScheme> {
+        let bits = self.weight_quant_dtype?.bits();
+        let granularity = match self.weight_quant_granularity {
+            QuantGranularity::PerGroup => Granularity::PerGroup(self.group_size),
+            _ => Granularity::PerChannel,
+        };
+        Some(WeightScheme {
+            bits,
+            granularity,
+            symmetric: self.weight_symmetric,
+            narrow: self.weight_narrow_range,
+        })
+    }
+
+    /// Whether the layer with this full name is blacklisted (substring match, as the original).
+    pub fn is_blacklisted(&self, layer: &str) -> bool {
+        self.opname_blacklist
+            .iter()
+            .any(|b| layer.contains(b.as_str()))
+    }
+
+    /// The per-layer summary string of the original (`W4-per_group`, `GPTQ-W8-per_channel`,
+    /// `AWQ-wclip-W4-per_group`, `NA` when nothing is quantized).
+    pub fn summary(&self) -> String {
+        let Some(w) = self.weight_quant_dtype else {
+            return "NA".into();
+        };
+        let mut parts = Vec::new();
+        match self.outliers_suppression {
+            OutliersSuppression::Awq => parts.push("AWQ".to_string()),
+            OutliersSuppression::Smooth => parts.push("SmoothQuant".into()),
+            OutliersSuppression::OutlierSuppressionLite => parts.push("OSL".into()),
+            OutliersSuppression::OutlierSuppressionPlus => parts.push("OSP".into()),
+            OutliersSuppression::None => {}
+        }
+        if self.weight_clip
+            || matches!(
+                self.outliers_suppression,
+                OutliersSuppression::Awq | OutliersSuppression::OutlierSuppressionLite
+            )
+        {
+            parts.push("wclip".into());
+        }
+        if self.precision_recovery == PrecisionRecovery::Gptq {
+            parts.push("GPTQ".into());
+        }
+        let granularity = if self.weight_quant_granularity == QuantGranularity::PerGroup {
+            "per_group"
+        } else {
+            "per_channel"
+        };
+        parts.push(format!("W{}-{granularity}", w.bits()));
+        if self.act_quant_dtype.is_some() {
+            let g = if self.act_quant_granularity == QuantGranularity::PerToken {
+                "per_token"
+            } else {
+                "per_tensor"
+            };
+            parts.push(format!("A8-{g}"));
+        }
+        if self.kvcache_quant_dtype.is_some() {
+            let g = if self.kvcache_quant_granularity == QuantGranularity::PerToken {
+                "per_token"
+            } else {
+                "per_channel"
+            };
+            parts.push(format!("C8-{g}"));
+        }
+        parts.join("-")
+    }
+}
+
+/// Per-layer policies: the first regular expression that matches a layer's full name (anchored
+/// at the start, as Python's `re.match`) gives its configuration; two matches are an error.
+#[derive(Clone, Debug)]
+pub struct LayerPolicies {
+    rules: Vec<(regex::Regex, String, PtqConfig)>,
+}
+
+impl LayerPolicies {
+    /// Builds the policies; every pattern must compile and every configuration validate.
+    pub fn new(rules: Vec<(String, PtqConfig)>) -> Result<Self, ConfigError> {
+        let mut compiled = Vec::with_capacity(rules.len());
+        for (pattern, config) in rules {
+            let re = regex::Regex::new(&format!("^(?:{pattern})")).map_err(|e| {
+                invalid(
+                    "layer_policies.pattern",
+                    format!("`{pattern}` is not a regular expression: {e}"),
+                )
+            })?;
+            config.validate()?;
+            compiled.push((re, pattern, config));
+        }
+        Ok(LayerPolicies { rules: compiled })
+    }
+
+    /// The configuration for `layer`: its policy, or `network` when none matches.
+    pub fn resolve<'a>(
+        &'a self,
+        layer: &str,
+        network: &'a PtqConfig,
+    ) -> Result<&'a PtqConfig, ConfigError> {
+        let mut hits = self.rules.iter().filter(|(re, _, _)| re.is_match(layer));
+        match (hits.next(), hits.next()) {
+            (None, _) => Ok(network),
+            (Some((_, _, c)), None) => Ok(c),
+            (Some((_, a, _)), Some((_, b, _))) => Err(ConfigError::PolicyConflict {
+                layer: layer.to_string(),
+                first: a.clone(),
+                second: b.clone(),
+            }),
+        }
+    }
+}
+
+/// A recipe file: the network configuration and layer policies.
+///
+/// ```toml
+/// weight_quant_dtype = "int4"
+/// weight_quant_granularity = "per_group"
+/// group_size = 64
+/// precision_recovery = "gptq"
+///
+/// [[layer_policies]]
+/// pattern = 'model\.layers\.\d+\.mlp\.down_proj'
+/// weight_quant_dtype = "int8"
+/// ```
+///
+/// A layer policy starts from the network configuration and overrides the fields it names.
+#[derive(Clone, Debug)]
+pub struct Recipe {
+    pub network: PtqConfig,
+    pub layers: LayerPolicies,
+}
+
+impl Recipe {
+    pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let recipe_error = |message: String| ConfigError::Recipe {
+            path: path.to_string(),
+            message,
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| recipe_error(e.to_string()))?;
+        let policies = match table.remove("layer_policies") {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items,
+            Some(_) => {
+                return Err(recipe_error(
+                    "`layer_policies` must be an array of tables ([[layer_policies]])".into(),
+                ))
+            }
+        };
+        let network: PtqConfig = toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| recipe_error(e.to_string()))?;
+        network.validate()?;
+        let mut rules = Vec::with_capacity(policies.len());
+        for (i, item) in policies.into_iter().enumerate() {
+            let toml::Value::Table(mut overrides) = item else {
+                return Err(recipe_error(format!("layer policy {i} is not a table")));
+            };
+            let pattern = match overrides.remove("pattern") {
+                Some(toml::Value::String(p)) => p,
+                _ => {
+                    return Err(recipe_error(format!(
+                        "layer policy {i} needs a `pattern` string"
+                    )))
+                }
+            };
+            // Start from the network configuration; the policy overrides what it names.
+            let mut merged = table.clone();
+            merged.extend(overrides);
+            let config: PtqConfig =
+                toml::Value::Table(merged)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| {
+                        recipe_error(format!("layer policy `{pattern}`: {e}"))
+                    })?;
+            rules.push((pattern, config));
+        }
+        Ok(Recipe {
+            network,
+            layers: LayerPolicies::new(rules)?,
+        })
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Recipe {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+}
