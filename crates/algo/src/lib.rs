@@ -1,6 +1,20 @@
-//! Compression algorithms and their configuration. Today: the PTQ configuration with its
-//! validation rules, recipe files and per-layer policies (spec §2.3, §2.5).
+//! Compression algorithms and their configuration: the PTQ configuration with its validation
+//! rules, recipe files and per-layer policies (spec §2.3, §2.5), and RTN weight quantization.
 
 pub mod ptq_config;
+pub mod rtn;
 
 pub use ptq_config::{ConfigError, LayerPolicies, PtqConfig, Recipe};
+
+/// Errors of the algorithms.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Graph(#[from] gstick_rewrite::Error),
+    #[error("layer `{layer}`: {message}")]
+    Layer { layer: String, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
