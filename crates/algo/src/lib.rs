@@ -1,6 +1,7 @@
 //! Compression algorithms and their configuration: the PTQ configuration with its validation
 //! rules, recipe files and per-layer policies (spec §2.3, §2.5), and RTN weight quantization.
 
+pub mod gptq;
 pub mod ptq_config;
 pub mod rtn;
 
