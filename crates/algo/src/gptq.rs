@@ -5,8 +5,9 @@
 //! (zero diagonal), act-order (columns by decreasing Hessian diagonal), static groups, and lazy
 //! block updates (`block_size` columns at a time). Factorizations run in f64 with faer.
 
+use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
-use faer::{Mat, Side};
+use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
 use gstick_quant::scheme::{dequantize, int_range, qparams, quantize};
 use gstick_quant::{Granularity, QParams, QuantizedWeight, WeightScheme};
 
@@ -29,31 +30,34 @@ impl Hessian {
         }
     }
 
-    /// Adds `rows` input rows (row-major, `cols` features each).
+    /// Adds `rows` input rows (row-major, `cols` features each). The product Xᵀ X of the new rows
+    /// is formed in f32 by faer's matrix multiply (one call per batch of rows, bit-identical for
+    /// any thread count) and accumulated into the f64 running average.
     pub fn add(&mut self, x: &[f32], rows: usize) {
         let c = self.cols;
         let n = self.samples + rows;
-        if n == 0 {
+        if n == 0 || rows == 0 {
             return;
         }
-        // Keep H an average as rows arrive: H <- H · old/new + 2/new · Σ x xᵀ.
+        let mut xtx = vec![0f32; c * c];
+        let par = match gstick_nn::kernels::kernel_threads() {
+            1 => Par::Seq,
+            t => Par::rayon(t),
+        };
+        let xm = MatRef::from_row_major_slice(&x[..rows * c], rows, c);
+        matmul(
+            MatMut::from_row_major_slice_mut(&mut xtx, c, c),
+            Accum::Replace,
+            xm.transpose(),
+            xm,
+            1.0f32,
+            par,
+        );
+        // Keep H an average as rows arrive: H <- H · old/new + 2/new · Xᵀ X.
         let keep = self.samples as f64 / n as f64;
         let add = 2.0 / n as f64;
-        for v in &mut self.h {
-            *v *= keep;
-        }
-        for r in 0..rows {
-            let row = &x[r * c..(r + 1) * c];
-            for i in 0..c {
-                let xi = row[i] as f64 * add;
-                if xi == 0.0 {
-                    continue;
-                }
-                let out = &mut self.h[i * c..(i + 1) * c];
-                for (o, &xj) in out.iter_mut().zip(row) {
-                    *o += xi * xj as f64;
-                }
-            }
+        for (h, &v) in self.h.iter_mut().zip(&xtx) {
+            *h = *h * keep + add * v as f64;
         }
         self.samples = n;
     }

@@ -1,7 +1,11 @@
 //! Compression algorithms and their configuration: the PTQ configuration with its validation
 //! rules, recipe files and per-layer policies (spec §2.3, §2.5), and RTN weight quantization.
 
+pub mod awq;
+pub mod export;
 pub mod gptq;
+pub mod observer;
+pub mod pipeline;
 pub mod ptq_config;
 pub mod rtn;
 
@@ -14,6 +18,14 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Graph(#[from] gstick_rewrite::Error),
+    #[error(transparent)]
+    Model(#[from] gstick_models::Error),
+    #[error(transparent)]
+    Nn(#[from] gstick_nn::Error),
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+    #[error("{path}: {message}")]
+    Export { path: String, message: String },
     #[error("layer `{layer}`: {message}")]
     Layer { layer: String, message: String },
 }

@@ -51,25 +51,41 @@ impl Cell for WeightQuantLinear {
     }
 }
 
+impl WeightQuantLinear {
+    /// The cell for a quantized weight, keeping the float bias.
+    pub fn new(
+        q: QuantizedWeight,
+        bias: Option<Param>,
+        label: &str,
+    ) -> gstick_nn::Result<WeightQuantLinear> {
+        let dequantized = Tensor::from_vec(q.dequantize(), (q.rows, q.cols), &Device::Cpu)?;
+        Ok(WeightQuantLinear {
+            quantized: std::sync::Arc::new(q),
+            weight: Param::buffer(dequantized)?,
+            bias,
+            label: label.to_string(),
+        })
+    }
+}
+
+/// The weight of a Linear as row-major values with its (rows, cols).
+pub fn linear_weight(linear: &Linear) -> gstick_nn::Result<(Vec<f32>, usize, usize)> {
+    let w = linear.weight.tensor();
+    let (rows, cols) = w.dims2()?;
+    Ok((w.flatten_all()?.to_vec1()?, rows, cols))
+}
+
 /// Quantizes one Linear with `scheme`.
 pub fn quantize_linear(
     linear: &Linear,
     scheme: WeightScheme,
     label: &str,
 ) -> gstick_nn::Result<WeightQuantLinear> {
-    let w = linear.weight.tensor();
-    let (rows, cols) = w.dims2()?;
-    let values: Vec<f32> = w.flatten_all()?.to_vec1()?;
+    let (values, rows, cols) = linear_weight(linear)?;
     let q = scheme
         .quantize_weight(&values, rows, cols)
         .map_err(|e| gstick_nn::Error::Config(e.to_string()))?;
-    let dequantized = Tensor::from_vec(q.dequantize(), (rows, cols), &Device::Cpu)?;
-    Ok(WeightQuantLinear {
-        quantized: std::sync::Arc::new(q),
-        weight: Param::buffer(dequantized)?,
-        bias: linear.bias.clone(),
-        label: label.to_string(),
-    })
+    WeightQuantLinear::new(q, linear.bias.clone(), label)
 }
 
 /// What happened to one layer.
@@ -163,4 +179,64 @@ fn walk(
         });
     }
     Ok(())
+}
+
+/// Deploy mode: replaces every Linear whose full name (`model.layers.0.mlp.up_proj`) has an
+/// entry in `weights` by a `WeightQuantLinear` of those integers; all or nothing. An entry with
+/// no matching Linear is an error.
+pub fn install_quantized(
+    net: &mut Network,
+    mut weights: std::collections::BTreeMap<String, QuantizedWeight>,
+) -> crate::Result<()> {
+    fn walk(
+        g: &mut Network,
+        prefix: &str,
+        weights: &mut std::collections::BTreeMap<String, QuantizedWeight>,
+    ) -> crate::Result<()> {
+        for id in g.node_ids().to_vec() {
+            let node = g.node(id)?;
+            let name = if prefix.is_empty() {
+                node.name().to_string()
+            } else {
+                format!("{prefix}.{}", node.name())
+            };
+            if let Op::SubGraph { .. } = node.op() {
+                walk(g.subgraph_mut(id)?, &name, weights)?;
+                continue;
+            }
+            let Some(linear) = node.cell().and_then(|c| downcast::<Linear>(c.as_ref())) else {
+                continue;
+            };
+            let Some(q) = weights.remove(&name) else {
+                continue;
+            };
+            let granularity = match q.scheme.granularity {
+                gstick_quant::Granularity::PerGroup(_) => "per_group",
+                _ => "per_channel",
+            };
+            let label = format!("W{}-{granularity}", q.scheme.bits);
+            let cell = WeightQuantLinear::new(q, linear.bias.clone(), &label)?;
+            let input = node.inputs().to_vec();
+            let local = node.name().to_string();
+            g.replace(
+                id,
+                vec![NewNode::cell(
+                    local,
+                    Box::new(cell) as Box<dyn Cell>,
+                    input.into_iter().map(Arg::Node).collect(),
+                )],
+            )?;
+        }
+        Ok(())
+    }
+    net.transaction(|g| {
+        walk(g, "", &mut weights)?;
+        match weights.keys().next() {
+            Some(missing) => Err(crate::Error::Layer {
+                layer: missing.clone(),
+                message: "quantized weight for a Linear the model does not have".into(),
+            }),
+            None => Ok(()),
+        }
+    })
 }

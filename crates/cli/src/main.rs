@@ -6,6 +6,7 @@ mod datasets;
 mod graph_cmd;
 mod llm_cmd;
 mod models;
+mod quantize_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     Eval(EvalCommand),
     /// Convert a language model (GGUF or Hugging Face directory) to a Hugging Face directory.
     Convert(llm_cmd::ConvertArgs),
+    /// Quantize a language model's weights (RTN, GPTQ, AWQ) and export it (gs, gptq, gguf).
+    Quantize(quantize_cmd::QuantizeArgs),
     /// Generate text with a language model (greedy unless --temperature).
     Generate(llm_cmd::GenerateArgs),
     /// Print a model's node table, or write it as Graphviz DOT / SVG.
@@ -75,6 +78,7 @@ fn main() {
         Command::Eval(cmd) => eval(cmd),
         Command::Generate(args) => llm_cmd::generate(args),
         Command::Convert(args) => llm_cmd::convert(args),
+        Command::Quantize(args) => quantize_cmd::quantize(args),
         Command::Graph(args) => graph_cmd::graph(args),
         Command::Bench(cmd) => bench::run(cmd),
     };

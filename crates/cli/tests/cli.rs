@@ -262,3 +262,93 @@ fn embedding_fidelity_of_a_model_with_itself() {
     assert!(v["min_cosine"].as_f64().unwrap() > 0.999999, "{v}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn quantize_writes_a_gguf_with_a_report_and_refuses_bad_requests() {
+    let model = asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let calib = asset("wiki/calib.txt");
+    let dir = std::env::temp_dir().join(format!("gstick-cli-quantize-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("w8");
+    let report = dir.join("report.json");
+    let (ok, stdout, err) = gstick(&[
+        "quantize",
+        "--model",
+        &model,
+        "--algo",
+        "rtn",
+        "--bits",
+        "8",
+        "--calib",
+        &calib,
+        "--nsamples",
+        "1",
+        "--seqlen",
+        "64",
+        "--format",
+        "gguf",
+        "--out",
+        out.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("W8-per_channel"), "no summary table: {err}");
+    let v = json(&stdout);
+    assert_eq!(v["config"], "W8-per_channel");
+    assert_eq!(v["export"]["max_abs_deviation"], 0.0);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["layers"].as_array().unwrap().len(), 30);
+    assert!(out.join("model.gguf").exists());
+
+    // The output exists now: a second run must refuse instead of overwriting it.
+    let (ok, _, err) = gstick(&[
+        "quantize",
+        "--model",
+        &model,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    // Invalid settings fail before any work, naming what is wrong.
+    let (ok, _, err) = gstick(&[
+        "quantize",
+        "--model",
+        &model,
+        "--bits",
+        "5",
+        "--out",
+        dir.join("x").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("--bits 5"), "{err}");
+    let (ok, _, err) = gstick(&[
+        "quantize",
+        "--model",
+        &model,
+        "--algo",
+        "gptq",
+        "--bits",
+        "4",
+        "--group",
+        "64",
+        "--out",
+        dir.join("y").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("--calib"), "{err}");
+    let (ok, _, err) = gstick(&[
+        "quantize",
+        "--model",
+        &model,
+        "--bits",
+        "4",
+        "--group",
+        "48",
+        "--out",
+        dir.join("z").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("group_size"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -117,6 +117,16 @@ impl HfCheckpoint {
         }
     }
 
+    /// A tensor's dtype, shape and raw little-endian bytes, in whatever dtype it is stored
+    /// (quantized checkpoints hold integers).
+    pub fn raw(&self, name: &str) -> Result<(safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+        let view = self.tensors.get(name).map_err(|e| Error::Load {
+            path: self.dir.display().to_string(),
+            message: format!("tensor `{name}`: {e}"),
+        })?;
+        Ok((view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+    }
+
     /// A required integer from config.json.
     pub fn config_usize(&self, key: &str) -> Result<usize> {
         self.config[key]

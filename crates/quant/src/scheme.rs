@@ -19,6 +19,8 @@ pub enum SchemeError {
     },
     #[error("non-finite weight value in row {row}")]
     NonFinite { row: usize },
+    #[error("row {row}: scale {scale} does not fit an f16 normal number")]
+    ScaleRange { row: usize, scale: String },
 }
 
 /// The integer range of `bits`: signed `[-2^(b-1), 2^(b-1)-1]`, unsigned `[0, 2^b-1]`; a narrow
@@ -190,6 +192,24 @@ impl QuantizedWeight {
             Granularity::PerChannel => self.params[row],
             Granularity::PerGroup(g) => self.params[row * (self.cols / g) + col / g],
         }
+    }
+
+    /// Rounds every scale to the nearest f16 (the integers stay), so that formats storing f16
+    /// scales (GGUF, the GPTQ format) hold exactly these values. Fails, naming the row, when a
+    /// scale does not fit an f16 normal number.
+    pub fn round_scales_to_f16(&mut self) -> Result<(), SchemeError> {
+        let per_row = self.params.len() / self.rows.max(1);
+        for (i, p) in self.params.iter_mut().enumerate() {
+            let h = half::f16::from_f64(p.scale);
+            if !h.is_normal() {
+                return Err(SchemeError::ScaleRange {
+                    row: i / per_row.max(1),
+                    scale: format!("{:e}", p.scale),
+                });
+            }
+            p.scale = h.to_f64();
+        }
+        Ok(())
     }
 
     /// The weight the integers stand for, row-major (rows, cols).

@@ -142,6 +142,11 @@ pub fn set_kernel_threads(threads: Option<usize>) {
     KERNEL_THREADS.store(threads.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Threads the kernels run on now (see [`set_kernel_threads`]).
+pub fn kernel_threads() -> usize {
+    cores()
+}
+
 pub(crate) fn cores() -> usize {
     static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     match KERNEL_THREADS.load(std::sync::atomic::Ordering::Relaxed) {

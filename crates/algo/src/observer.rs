@@ -1,0 +1,236 @@
+//! Calibration observers: identity cells rewritten into a decoder layer in front of the Linears
+//! being quantized. Linears that read the same value (q/k/v, gate/up) share one observer, so each
+//! statistic is gathered once. An observer accumulates what the algorithms need: the GPTQ
+//! Hessian, the mean absolute value per input channel (AWQ), and an evenly spaced sample of input
+//! rows (AWQ searches, per-layer error reports).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::Tensor;
+use gstick_nn::{Cell, CellCtx, Network};
+use gstick_rewrite::{NodeId, Op};
+
+use crate::gptq::Hessian;
+
+/// What an observer gathers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObserveSpec {
+    pub hessian: bool,
+    /// Input rows kept from each forward call (evenly spaced over its tokens).
+    pub rows_per_call: usize,
+}
+
+/// Statistics of the inputs one observer saw.
+#[derive(Debug)]
+pub struct InputStats {
+    pub cols: usize,
+    pub rows_seen: usize,
+    pub hessian: Option<Hessian>,
+    /// Σ |x_j| over every row seen.
+    pub abs_sum: Vec<f64>,
+    /// Kept rows, row-major (`sample_rows` x `cols`).
+    pub sample: Vec<f32>,
+    pub sample_rows: usize,
+    /// Time spent recording (statistics, not the forward pass).
+    pub seconds: f64,
+}
+
+impl InputStats {
+    fn new(cols: usize, spec: ObserveSpec) -> Self {
+        InputStats {
+            cols,
+            rows_seen: 0,
+            hessian: spec.hessian.then(|| Hessian::new(cols)),
+            abs_sum: vec![0.0; cols],
+            sample: Vec::new(),
+            sample_rows: 0,
+            seconds: 0.0,
+        }
+    }
+
+    /// The statistics of the inputs divided channel-wise by `s` (x_j / s_j), as seen by a
+    /// Linear after an AWQ scale was folded into its producer.
+    pub fn divided_by(&self, s: &[f32]) -> InputStats {
+        let c = self.cols;
+        let hessian = self.hessian.as_ref().map(|h| {
+            let mut h = h.clone();
+            for i in 0..c {
+                for j in 0..c {
+                    h.h[i * c + j] /= s[i] as f64 * s[j] as f64;
+                }
+            }
+            h
+        });
+        InputStats {
+            cols: c,
+            rows_seen: self.rows_seen,
+            hessian,
+            abs_sum: self
+                .abs_sum
+                .iter()
+                .zip(s)
+                .map(|(a, &v)| a / v as f64)
+                .collect(),
+            sample: self
+                .sample
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v / s[i % c])
+                .collect(),
+            sample_rows: self.sample_rows,
+            seconds: self.seconds,
+        }
+    }
+
+    /// mean_t |x_tj| per input channel.
+    pub fn abs_mean(&self) -> Vec<f64> {
+        let n = self.rows_seen.max(1) as f64;
+        self.abs_sum.iter().map(|s| s / n).collect()
+    }
+
+    fn record(&mut self, x: &[f32], rows: usize, spec: ObserveSpec) {
+        let start = std::time::Instant::now();
+        let c = self.cols;
+        for row in x.chunks_exact(c) {
+            for (s, &v) in self.abs_sum.iter_mut().zip(row) {
+                *s += v.abs() as f64;
+            }
+        }
+        if let Some(h) = &mut self.hessian {
+            h.add(x, rows);
+        }
+        let keep = spec.rows_per_call.min(rows);
+        for k in 0..keep {
+            let r = k * rows / keep;
+            self.sample.extend_from_slice(&x[r * c..(r + 1) * c]);
+        }
+        self.sample_rows += keep;
+        self.rows_seen += rows;
+        self.seconds += start.elapsed().as_secs_f64();
+    }
+}
+
+/// The identity cell that records its input.
+#[derive(Clone, Debug)]
+pub struct InputObserver {
+    pub spec: ObserveSpec,
+    pub stats: SharedStats,
+}
+
+impl Cell for InputObserver {
+    fn kind(&self) -> &'static str {
+        "InputObserver"
+    }
+
+    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
+        let x = inputs
+            .first()
+            .ok_or_else(|| gstick_nn::Error::Config("observer without input".into()))?;
+        let cols = *x
+            .dims()
+            .last()
+            .ok_or_else(|| gstick_nn::Error::Config("observer input is a scalar".into()))?;
+        let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let rows = values.len() / cols.max(1);
+        let mut guard = self
+            .stats
+            .lock()
+            .map_err(|_| gstick_nn::Error::Config("observer lock poisoned".into()))?;
+        let stats = guard.get_or_insert_with(|| InputStats::new(cols, self.spec));
+        if stats.cols != cols {
+            return Err(gstick_nn::Error::Config(format!(
+                "observer saw {cols} features after {}",
+                stats.cols
+            )));
+        }
+        stats.record(&values, rows, self.spec);
+        Ok(x.clone())
+    }
+}
+
+/// Statistics filled by an observer while the layer runs.
+type SharedStats = Arc<Mutex<Option<InputStats>>>;
+
+/// Observers placed in a layer: each one's node, the value it observes, the Linears reading
+/// through it, and its statistics.
+pub struct Observers {
+    entries: Vec<(NodeId, NodeId, Vec<String>, SharedStats)>,
+}
+
+impl Observers {
+    /// Puts one observer after each value that a node in `targets` reads (its first input), and
+    /// rewires those nodes to read through it.
+    pub fn insert(g: &mut Network, targets: &[String], spec: ObserveSpec) -> crate::Result<Self> {
+        let mut by_source: BTreeMap<NodeId, Vec<(NodeId, String)>> = BTreeMap::new();
+        for name in targets {
+            let id = g.find(name)?;
+            let src = *g
+                .node(id)?
+                .inputs()
+                .first()
+                .ok_or_else(|| crate::Error::Layer {
+                    layer: name.clone(),
+                    message: "a Linear without input".into(),
+                })?;
+            by_source.entry(src).or_default().push((id, name.clone()));
+        }
+        let mut entries = Vec::new();
+        g.transaction(|g| {
+            for (src, users) in &by_source {
+                let stats: SharedStats = Arc::default();
+                let cell = InputObserver {
+                    spec,
+                    stats: stats.clone(),
+                };
+                let name = format!("{}.observer", users[0].1);
+                let obs = g.insert(
+                    g.after(*src),
+                    &name,
+                    Op::Cell(Box::new(cell) as Box<dyn Cell>),
+                    &[*src],
+                )?;
+                for (user, _) in users {
+                    g.set_input(*user, 0, obs)?;
+                }
+                let names = users.iter().map(|(_, n)| n.clone()).collect();
+                entries.push((obs, *src, names, stats));
+            }
+            Ok::<_, crate::Error>(())
+        })?;
+        Ok(Observers { entries })
+    }
+
+    /// Takes the observers out again (their readers read the observed values directly) and
+    /// returns the statistics by Linear name; Linears sharing an input share the statistics.
+    pub fn remove(self, g: &mut Network) -> crate::Result<BTreeMap<String, Arc<InputStats>>> {
+        let mut out = BTreeMap::new();
+        g.transaction(|g| {
+            for (obs, src, _, _) in &self.entries {
+                g.replace_all_uses(*obs, *src)?;
+                g.erase(*obs)?;
+            }
+            Ok::<_, crate::Error>(())
+        })?;
+        for (_, _, names, stats) in self.entries {
+            let stats = stats
+                .lock()
+                .map_err(|_| crate::Error::Layer {
+                    layer: names.join(", "),
+                    message: "observer lock poisoned".into(),
+                })?
+                .take();
+            let Some(stats) = stats else {
+                return Err(crate::Error::Layer {
+                    layer: names.join(", "),
+                    message: "the observer saw no input (was the layer run?)".into(),
+                });
+            };
+            let shared = Arc::new(stats);
+            for n in names {
+                out.insert(n, shared.clone());
+            }
+        }
+        Ok(out)
+    }
+}
