@@ -180,9 +180,9 @@ fn weight_mean(weights: &[(Vec<f32>, usize)], cols: usize, group: usize) -> Vec<
     for (w, rows) in weights {
         for r in 0..*rows {
             let row = &w[r * cols..(r + 1) * cols];
-            for g in row.chunks(group) {
+            for (gi, g) in row.chunks(group).enumerate() {
                 let m = g.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 + 1e-6;
-                let base = (g.as_ptr() as usize - row.as_ptr() as usize) / 4;
+                let base = gi * group;
                 for (k, v) in g.iter().enumerate() {
                     sum[base + k] += v.abs() as f64 / m;
                 }
