@@ -7,6 +7,9 @@
 #   GROUP:  fashion-mnist mnist5k digits ccexam smollm2 minilm wiki
 #   ALIAS:  cnn (the first four), llm (smollm2 minilm wiki),
 #           all (every group; the default)
+#   pytools: the Python packages of scripts/pytools.txt, which tests use as
+#           independent readers (gguf, ...), into .cache/pytools; installed
+#           with the default selection too.
 #
 # Cache dir: ${GSTICK_ASSETS:-<repo root>/.cache/assets}. A group whose files
 # all match scripts/assets.sha256 is skipped ("cached"); otherwise it is
@@ -205,9 +208,12 @@ write_manifest() {
 # ---------------------------------------------------------------- main
 write=0
 selected=()
+pytools=0
+(( $# == 0 )) && pytools=1
 for arg in "$@"; do
   case $arg in
     --write-manifest) write=1 ;;
+    pytools) pytools=1; continue ;;
     -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *)
       if [[ -n ${ALIASES[$arg]:-} ]]; then selected+=(${ALIASES[$arg]})
@@ -216,10 +222,10 @@ for arg in "$@"; do
       fi ;;
   esac
 done
-[[ ${#selected[@]} -gt 0 ]] || selected=(${ALIASES[all]})
+(( $# > 0 )) || selected=(${ALIASES[all]})
 # de-duplicate, keep order
 declare -A seen=(); groups=()
-for g in "${selected[@]}"; do [[ -n ${seen[$g]:-} ]] || { seen[$g]=1; groups+=("$g"); }; done
+for g in "${selected[@]+"${selected[@]}"}"; do [[ -n ${seen[$g]:-} ]] || { seen[$g]=1; groups+=("$g"); }; done
 
 mkdir -p "$CACHE"
 
@@ -232,7 +238,7 @@ if (( write )); then
   exit 0
 fi
 
-for g in "${groups[@]}"; do
+for g in "${groups[@]+"${groups[@]}"}"; do
   rc=0; verify "$g" || rc=$?
   if (( rc == 2 )); then
     die "$g: no entry in ${MANIFEST#$ROOT/}; run: scripts/fetch-assets.sh --write-manifest $g"
@@ -246,3 +252,19 @@ for g in "${groups[@]}"; do
   fi
   echo "$g: fetched"
 done
+
+# ---------------------------------------------------------------- python test tools
+# Reinstalled only when scripts/pytools.txt changed since the last install.
+if (( pytools )); then
+  PYTOOLS=$ROOT/.cache/pytools
+  if cmp -s "$ROOT/scripts/pytools.txt" "$PYTOOLS/.requirements" 2>/dev/null; then
+    echo "pytools: cached"
+  else
+    rm -rf "$PYTOOLS.tmp"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$PYTOOLS.tmp" \
+      -r "$ROOT/scripts/pytools.txt" >&2 || die "pytools: pip install failed"
+    cp "$ROOT/scripts/pytools.txt" "$PYTOOLS.tmp/.requirements"
+    rm -rf "$PYTOOLS" && mv "$PYTOOLS.tmp" "$PYTOOLS"
+    echo "pytools: installed"
+  fi
+fi

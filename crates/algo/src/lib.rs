@@ -1,7 +1,9 @@
 //! Compression algorithms and their configuration: the PTQ configuration with its validation
-//! rules, recipe files and per-layer policies (spec §2.3, §2.5), and RTN weight quantization.
+//! rules, recipe files and per-layer policies (spec §2.3, §2.5), RTN, GPTQ and AWQ, the layer-wise
+//! pipeline, deploy cells on integer kernels, and exports.
 
 pub mod awq;
+pub mod deploy;
 pub mod export;
 pub mod gptq;
 pub mod observer;

@@ -475,6 +475,18 @@ impl LayerPolicies {
 /// weight_quant_dtype = "int8"
 /// ```
 ///
+/// The same recipe in YAML (`.yaml` or `.yml`):
+///
+/// ```yaml
+/// weight_quant_dtype: int4
+/// weight_quant_granularity: per_group
+/// group_size: 64
+/// precision_recovery: gptq
+/// layer_policies:
+///   - pattern: 'model\.layers\.\d+\.mlp\.down_proj'
+///     weight_quant_dtype: int8
+/// ```
+///
 /// A layer policy starts from the network configuration and overrides the fields it names.
 #[derive(Clone, Debug)]
 pub struct Recipe {
@@ -484,19 +496,38 @@ pub struct Recipe {
 
 impl Recipe {
     pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Recipe {
+                    path: path.to_string(),
+                    message: e.to_string(),
+                })?;
+        Self::from_table(table, path)
+    }
+
+    /// A YAML recipe with the same keys as the TOML one.
+    pub fn from_yaml(text: &str, path: &str) -> Result<Self, ConfigError> {
+        // Read into TOML's value type so both syntaxes share one validation path; YAML values
+        // TOML cannot hold (null) are refused here with YAML's position.
+        let table: toml::Table =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Recipe {
+                path: path.to_string(),
+                message: e.to_string(),
+            })?;
+        Self::from_table(table, path)
+    }
+
+    fn from_table(mut table: toml::Table, path: &str) -> Result<Self, ConfigError> {
         let recipe_error = |message: String| ConfigError::Recipe {
             path: path.to_string(),
             message,
         };
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| recipe_error(e.to_string()))?;
         let policies = match table.remove("layer_policies") {
             None => Vec::new(),
             Some(toml::Value::Array(items)) => items,
             Some(_) => {
                 return Err(recipe_error(
-                    "`layer_policies` must be an array of tables ([[layer_policies]])".into(),
+                    "`layer_policies` must be a list of tables ([[layer_policies]] in TOML)".into(),
                 ))
             }
         };
@@ -534,11 +565,16 @@ impl Recipe {
         })
     }
 
+    /// Reads a recipe file: YAML for `.yaml`/`.yml`, TOML otherwise.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Recipe {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Self::from_toml(&text, &path.display().to_string())
+        let shown = path.display().to_string();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => Self::from_yaml(&text, &shown),
+            _ => Self::from_toml(&text, &shown),
+        }
     }
 }

@@ -373,7 +373,90 @@ fn recipes_in_toml() {
     );
     assert!(err("group_size = 64").contains("group_size"));
     assert!(err("[[layer_policies]]\nweight_quant_dtype = \"int4\"").contains("needs a `pattern`"));
-    assert!(err("layer_policies = 3").contains("array of tables"));
+    assert!(err("layer_policies = 3").contains("list of tables"));
     let e = err("[[layer_policies]]\npattern = 'x'\ngroup_size = 64");
     assert!(e.contains("group_size"), "{e}");
+}
+
+#[test]
+fn yaml_recipes_mean_what_the_same_toml_means() {
+    let toml_text = r#"
+        weight_quant_dtype = "int4"
+        weight_quant_granularity = "per_group"
+        group_size = 64
+        precision_recovery = "gptq"
+        opname_blacklist = ["lm_head"]
+        [gptq]
+        desc_act = true
+        [awq]
+        smooth_alpha = 0.5
+        [[layer_policies]]
+        pattern = 'model\.layers\.\d+\.mlp\.down_proj'
+        weight_quant_dtype = "int8"
+        weight_quant_granularity = "per_channel"
+        group_size = 0
+    "#;
+    let yaml_text = r#"
+weight_quant_dtype: int4
+weight_quant_granularity: per_group
+group_size: 64
+precision_recovery: gptq
+opname_blacklist: [lm_head]
+gptq:
+  desc_act: true
+awq:
+  smooth_alpha: 0.5
+layer_policies:
+  - pattern: 'model\.layers\.\d+\.mlp\.down_proj'
+    weight_quant_dtype: int8
+    weight_quant_granularity: per_channel
+    group_size: 0
+"#;
+    let t = Recipe::from_toml(toml_text, "r.toml").unwrap();
+    let y = Recipe::from_yaml(yaml_text, "r.yaml").unwrap();
+    assert_eq!(format!("{:?}", t.network), format!("{:?}", y.network));
+    for layer in ["model.layers.3.mlp.down_proj", "model.layers.3.mlp.up_proj"] {
+        assert_eq!(
+            format!("{:?}", t.layers.resolve(layer, &t.network).unwrap()),
+            format!("{:?}", y.layers.resolve(layer, &y.network).unwrap()),
+            "{layer}"
+        );
+    }
+    assert_eq!(
+        y.layers
+            .resolve("model.layers.3.mlp.down_proj", &y.network)
+            .unwrap()
+            .summary(),
+        "GPTQ-W8-per_channel"
+    );
+
+    // Errors name the file and the field, as for TOML.
+    let err = |t: &str| Recipe::from_yaml(t, "r.yaml").unwrap_err().to_string();
+    let e = err("wieght_quant_dtype: int4");
+    assert!(
+        e.contains("r.yaml") && e.contains("wieght_quant_dtype"),
+        "{e}"
+    );
+    let e = err("group_size: 64");
+    assert!(e.contains("group_size"), "{e}");
+    let e = err("weight_quant_dtype: ~");
+    assert!(e.contains("r.yaml"), "{e}");
+    let e = err("layer_policies:\n  - weight_quant_dtype: int4");
+    assert!(e.contains("needs a `pattern`"), "{e}");
+    let e = err("a: [1, 2");
+    assert!(e.contains("r.yaml"), "{e}");
+
+    // `load` picks the syntax from the extension.
+    let dir = std::env::temp_dir().join(format!("gstick-recipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in [
+        ("r.yml", yaml_text),
+        ("r.yaml", yaml_text),
+        ("r.toml", toml_text),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+        let r = Recipe::load(&dir.join(name)).unwrap();
+        assert_eq!(r.network.summary(), "GPTQ-W4-per_group", "{name}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

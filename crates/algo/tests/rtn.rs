@@ -2,6 +2,7 @@
 //! with the real evaluation text (perplexity before and after).
 
 use candle_core::{Device, Tensor};
+use gstick_algo::deploy::deploy;
 use gstick_algo::ptq_config::{QuantDtype, QuantGranularity};
 use gstick_algo::rtn::apply_rtn;
 use gstick_algo::{LayerPolicies, PtqConfig};
@@ -125,6 +126,57 @@ fn rtn_rewrites_linears_inside_blocks_only() {
 }
 
 #[test]
+fn deploy_swaps_fake_quant_cells_for_packed_ones_with_the_same_outputs() {
+    let mut fake = tiny(false);
+    apply_rtn(&mut fake, &w4_g64(), None).unwrap();
+    let mut deployed = fake.clone();
+    let report = deploy(&mut deployed).unwrap();
+    assert_eq!(report.layers, 1);
+    assert_eq!(report.f32_bytes, 4 * 64 * 4);
+    // 4 rows x 64 nibbles, one scale and one offset per row.
+    assert_eq!(report.packed_bytes, 4 * 32 + 4 * 4 * 2);
+    let kinds: Vec<(String, String)> = deployed
+        .nodes_recursive()
+        .into_iter()
+        .map(|(n, node)| (n, node.kind().to_string()))
+        .collect();
+    assert!(
+        kinds.contains(&("block.fc".into(), "PackedLinear".into())),
+        "{kinds:?}"
+    );
+    // The packed cell keeps no float weight.
+    let names: Vec<String> = gstick_nn::named_params(&deployed)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(!names.iter().any(|n| n == "block.fc.weight"), "{names:?}");
+    // Batches on both kernel paths (row kernel and panels) agree with the fake-quant outputs.
+    for rows in [1, 3, 20] {
+        let x = Tensor::arange(0f32, (rows * 64) as f32, &Device::Cpu)
+            .unwrap()
+            .affine(0.01, -0.3)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .reshape((rows, 64))
+            .unwrap();
+        let a = Executor::new(Mode::Eval, 0).forward1(&fake, &x).unwrap();
+        let b = Executor::new(Mode::Eval, 0)
+            .forward1(&deployed, &x)
+            .unwrap();
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "rows {rows}: {diff}");
+    }
+}
+
+#[test]
 fn smollm2_w8_rtn_keeps_perplexity_within_half_a_percent() {
     let assets = gstick_data::assets_dir();
     let gguf = Gguf::open(&assets.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -162,6 +214,36 @@ fn smollm2_w8_rtn_keeps_perplexity_within_half_a_percent() {
 
     let rel = |p: f64| (p - fp32) / fp32;
     eprintln!("SmolLM2 ppl (2 x 1024): fp32 {fp32:.4}, RTN W8 per-channel {w8_ppl:.4} ({:+.3}%), RTN W4 g64 {w4_ppl:.4} ({:+.2}%)", rel(w8_ppl) * 100.0, rel(w4_ppl) * 100.0);
+
+    // Deploy: the integer kernels give the fake-quantized network's perplexity within 0.1%, with
+    // about a quarter (int8) and an eighth (int4) of the f32 weight bytes. The asymmetric W4 case
+    // exercises the offsets.
+    let mut w4_asym = net.clone();
+    apply_rtn(
+        &mut w4_asym,
+        &PtqConfig {
+            weight_symmetric: false,
+            ..w4_g64()
+        },
+        None,
+    )
+    .unwrap();
+    for (name, fake, expect_ratio) in [("W8", &w8, 0.26), ("W4 asym", &w4_asym, 0.16)] {
+        let fake_ppl = ppl(fake);
+        let mut deployed = fake.clone();
+        let report = deploy(&mut deployed).unwrap();
+        assert_eq!(report.layers, 30 * 7);
+        let ratio = report.packed_bytes as f64 / report.f32_bytes as f64;
+        assert!(ratio < expect_ratio, "{name}: packed/f32 bytes {ratio}");
+        let deploy_ppl = ppl(&deployed);
+        let diff = (deploy_ppl - fake_ppl) / fake_ppl;
+        eprintln!("{name}: fake-quant {fake_ppl:.5}, deploy {deploy_ppl:.5} ({:+.4}%), bytes {ratio:.3} of f32", diff * 100.0);
+        assert!(
+            diff.abs() < 0.001,
+            "{name}: deploy differs by {:.4}%",
+            diff * 100.0
+        );
+    }
     assert!(
         rel(w8_ppl).abs() < 0.005,
         "W8 changed perplexity by {:.3}%",

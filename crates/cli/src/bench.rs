@@ -35,6 +35,8 @@ pub enum BenchKind {
     Decode(DecodeBenchArgs),
     /// Perplexity throughput (tokens/s), against transformers in the same run when installed.
     Ppl(PplBenchArgs),
+    /// Int8 and int4 deploy kernels against the f32 Linear path (GEMV and GEMM).
+    Kernels(crate::kernel_bench::KernelBenchArgs),
 }
 
 #[derive(Args)]
@@ -112,41 +114,83 @@ pub struct DecodeBenchArgs {
     /// Tokens to generate.
     #[arg(long, default_value_t = 128)]
     pub tokens: usize,
+    /// Weights to decode with, comma-separated: fp32, w8 (RTN per-channel) and w4 (RTN group 64),
+    /// the quantized ones on the deploy kernels.
+    #[arg(long, value_delimiter = ',', default_value = "fp32")]
+    pub weights: Vec<DecodeWeights>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecodeWeights {
+    Fp32,
+    W8,
+    W4,
+}
+
+/// Tokens/s of greedy decoding from the first generated token on (the prompt pass not counted).
+fn decode_rate(
+    net: &gstick_nn::Network,
+    prompt: &[u32],
+    tokens: usize,
+    use_cache: bool,
+) -> Result<f64> {
+    use gstick_models::generate::{generate, Sampling};
+    let mut first: Option<Instant> = None;
+    let out = generate(
+        net,
+        prompt,
+        tokens,
+        Sampling::Greedy,
+        None,
+        use_cache,
+        |_| {
+            first.get_or_insert_with(Instant::now);
+        },
+    )?;
+    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    Ok(out.len().saturating_sub(1) as f64 / seconds.max(1e-9))
 }
 
 fn decode(args: DecodeBenchArgs) -> Result<()> {
-    use gstick_models::generate::{generate, Sampling};
+    use gstick_algo::ptq_config::{QuantDtype, QuantGranularity};
+    use gstick_algo::PtqConfig;
     let (net, _, tokenizer) = crate::llm_cmd::load_lm(&args.model)?;
     let prompt = tokenizer.encode(&args.prompt)?;
     anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
-    let mut rates = Vec::new();
-    for use_cache in [true, false] {
-        // Time from the first generated token on, so the prompt pass is not counted.
-        let mut first: Option<Instant> = None;
-        let out = generate(
-            &net,
-            &prompt,
-            args.tokens,
-            Sampling::Greedy,
-            None,
-            use_cache,
-            |_| {
-                first.get_or_insert_with(Instant::now);
-            },
-        )?;
-        let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        rates.push((out.len().saturating_sub(1)) as f64 / seconds.max(1e-9));
+    let mut report = serde_json::json!({
+        "bench": "llm-greedy-decode",
+        "prompt_tokens": prompt.len(),
+        "tokens": args.tokens,
+        "threads": gstick_nn::kernels::kernel_threads(),
+    });
+    for &weights in &args.weights {
+        let config = match weights {
+            DecodeWeights::Fp32 => None,
+            DecodeWeights::W8 => Some(PtqConfig::default()),
+            DecodeWeights::W4 => Some(PtqConfig {
+                weight_quant_dtype: Some(QuantDtype::Int4),
+                weight_quant_granularity: QuantGranularity::PerGroup,
+                group_size: 64,
+                ..Default::default()
+            }),
+        };
+        let key = format!("{weights:?}").to_lowercase();
+        let mut variant = net.clone();
+        if let Some(config) = &config {
+            gstick_algo::rtn::apply_rtn(&mut variant, config, None)?;
+            let d = gstick_algo::deploy::deploy(&mut variant)?;
+            report[format!("{key}_decoder_weight_mib")] =
+                (d.packed_bytes as f64 / 1048576.0).into();
+        }
+        let rate = decode_rate(&variant, &prompt, args.tokens, true)?;
+        eprintln!("{key}: {rate:.1} tokens/s");
+        report[format!("{key}_tokens_per_s")] = rate.into();
+        if weights == DecodeWeights::Fp32 {
+            report["fp32_tokens_per_s_recompute"] =
+                decode_rate(&variant, &prompt, args.tokens, false)?.into();
+        }
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "bench": "llm-greedy-decode",
-            "prompt_tokens": prompt.len(),
-            "tokens": args.tokens,
-            "tokens_per_s_kv_cache": rates[0],
-            "tokens_per_s_recompute": rates[1],
-        })
-    );
+    println!("{report}");
     Ok(())
 }
 
@@ -174,6 +218,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         Some(BenchKind::Forward(args)) => llm_memory(args, false),
         Some(BenchKind::Decode(args)) => decode(args),
         Some(BenchKind::Ppl(args)) => ppl(args),
+        Some(BenchKind::Kernels(args)) => crate::kernel_bench::run(args),
     }
 }
 

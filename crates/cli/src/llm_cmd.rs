@@ -55,13 +55,52 @@ pub fn load_lm(path: &Path) -> Result<(Network, LlamaConfig, TextTokenizer)> {
     if path.is_dir() {
         let ck = HfCheckpoint::open(path)?;
         let tokenizer = tokenizer_from_hf(&ck)?;
-        let (net, config) = load_llama_hf(path).with_context(context)?;
+        let (net, config) = match quantized_format(path)? {
+            Some(format) => {
+                let (mut net, config) = match format {
+                    "gs" => gstick_algo::export::gs::load_gs(path)?,
+                    _ => gstick_algo::export::hf_gptq::load_gptq(path)?,
+                };
+                // Quantized checkpoints run on the integer kernels (deploy mode).
+                let d = gstick_algo::deploy::deploy(&mut net)?;
+                eprintln!(
+                    "deploy: {} Linear layers on {} kernels, {:.1} MiB of weights instead of {:.1} MiB in f32",
+                    d.layers,
+                    gstick_quant::kernels::Isa::detect().name(),
+                    d.packed_bytes as f64 / 1048576.0,
+                    d.f32_bytes as f64 / 1048576.0
+                );
+                (net, config)
+            }
+            None => load_llama_hf(path).with_context(context)?,
+        };
         return Ok((net, config, tokenizer));
     }
     let gguf = Gguf::open(path)?;
     let tokenizer = tokenizer_from_gguf(&gguf)?;
     let (net, config) = load_llama_gguf(&gguf).with_context(context)?;
     Ok((net, config, tokenizer))
+}
+
+/// `gs` for a Golden Stick quantized directory, `gptq` for the Hugging Face GPTQ format, `None`
+/// for a float checkpoint.
+pub fn quantized_format(dir: &Path) -> Result<Option<&'static str>> {
+    if dir.join("quantization_description.json").exists() {
+        return Ok(Some("gs"));
+    }
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config)
+        .with_context(|| format!("reading {}", config.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
+    match v["quantization_config"]["quant_method"].as_str() {
+        None => Ok(None),
+        Some("gptq") => Ok(Some("gptq")),
+        Some(other) => anyhow::bail!(
+            "{}: quantization method `{other}` is not supported (Golden Stick reads gptq and its own format)",
+            config.display()
+        ),
+    }
 }
 
 #[derive(Args)]

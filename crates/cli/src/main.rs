@@ -4,6 +4,7 @@ mod allocator;
 mod bench;
 mod datasets;
 mod graph_cmd;
+mod kernel_bench;
 mod llm_cmd;
 mod models;
 mod quantize_cmd;

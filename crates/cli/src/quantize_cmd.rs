@@ -73,7 +73,7 @@ pub struct QuantizeArgs {
     pub seqlen: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// A TOML recipe (network configuration and [[layer_policies]]); replaces --algo, --bits,
+    /// A TOML or YAML (.yaml/.yml) recipe (network configuration and layer policies); replaces --algo, --bits,
     /// --group and --asym.
     #[arg(long)]
     pub recipe: Option<PathBuf>,
@@ -311,13 +311,10 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     }
     let quant_ppl = match &args.eval {
         Some(text) => {
-            let (net, _) = match format {
-                Format::Gs => gs::load_gs(&args.out)?,
-                Format::Gptq => hf_gptq::load_gptq(&args.out)?,
-                Format::Gguf => {
-                    let (n, c, _) = load_lm(&args.out.join("model.gguf"))?;
-                    (n, c)
-                }
+            // What a user of the output gets: the gs and GPTQ directories on the integer kernels.
+            let (net, _, _) = match format {
+                Format::Gs | Format::Gptq => load_lm(&args.out)?,
+                Format::Gguf => load_lm(&args.out.join("model.gguf"))?,
             };
             Some(ppl_of(&net, &tokenizer, text, &args)?)
         }

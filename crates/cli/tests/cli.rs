@@ -352,3 +352,88 @@ fn quantize_writes_a_gguf_with_a_report_and_refuses_bad_requests() {
     assert!(!ok && err.contains("group_size"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_yaml_recipe_quantizes_to_gs_and_the_directory_runs_on_the_integer_kernels() {
+    let model = asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let calib = asset("wiki/calib.txt");
+    let text = asset("wiki/eval.txt");
+    let dir = std::env::temp_dir().join(format!("gstick-cli-deploy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // int4 groups of 64 everywhere, int8 per channel for the MLP down projections.
+    let recipe = dir.join("recipe.yaml");
+    std::fs::write(
+        &recipe,
+        "weight_quant_dtype: int4\nweight_quant_granularity: per_group\ngroup_size: 64\n\
+         layer_policies:\n  - pattern: 'model\\.layers\\.\\d+\\.mlp\\.down_proj'\n    \
+         weight_quant_dtype: int8\n    weight_quant_granularity: per_channel\n    group_size: 0\n",
+    )
+    .unwrap();
+    let out = dir.join("gs");
+    let (ok, stdout, err) = gstick(&[
+        "quantize",
+        "--model",
+        &model,
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--calib",
+        &calib,
+        "--nsamples",
+        "1",
+        "--seqlen",
+        "64",
+        "--format",
+        "gs",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("W8-per_channel") && err.contains("W4-per_group"),
+        "{err}"
+    );
+    assert_eq!(json(&stdout)["config"], "W4-per_group");
+
+    // Loading the directory deploys it: every quantized Linear packed, 7 per layer.
+    let ppl_of = |m: &str| {
+        let (ok, out, err) = gstick(&[
+            "eval",
+            "ppl",
+            "--model",
+            m,
+            "--text",
+            &text,
+            "--seqlen",
+            "256",
+            "--windows",
+            "2",
+            "--json",
+        ]);
+        assert!(ok, "{err}");
+        (json(&out)["ppl"].as_f64().unwrap(), err)
+    };
+    let (quant, err) = ppl_of(out.to_str().unwrap());
+    assert!(err.contains("deploy: 210 Linear layers"), "{err}");
+    let (float, _) = ppl_of(&model);
+    assert!(
+        quant > float && quant < float * 1.5,
+        "float {float}, int4/int8 {quant}"
+    );
+    let (ok, generated, err) = gstick(&[
+        "generate",
+        "--model",
+        out.to_str().unwrap(),
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        generated.starts_with("The capital of France is"),
+        "{generated}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,7 +1,9 @@
 //! Quantization arithmetic and storage formats. No graph or tensor-library dependency: formats are
-//! bytes in, f32 out (and, later, f32 in, bytes out).
+//! bytes in, f32 out (and, later, f32 in, bytes out). The deploy kernels compute with the
+//! quantized weights directly.
 
 pub mod ggml;
+pub mod kernels;
 pub mod scheme;
 
 pub use ggml::{GgmlError, GgmlType};
