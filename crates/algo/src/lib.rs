@@ -3,14 +3,17 @@
 //! pipeline, deploy cells on integer kernels, and exports.
 
 pub mod awq;
+pub mod comp_algo;
 pub mod deploy;
 pub mod export;
 pub mod gptq;
 pub mod observer;
 pub mod pipeline;
 pub mod ptq_config;
+pub mod qat;
 pub mod rtn;
 
+pub use comp_algo::CompAlgo;
 pub use ptq_config::{ConfigError, LayerPolicies, PtqConfig, Recipe};
 
 /// Errors of the algorithms.

@@ -1,0 +1,9 @@
+//! Quantization-aware training: the fake quantizer, the quantized training cells, and SimQAT.
+
+pub mod cells;
+pub mod fake_quant;
+pub mod simqat;
+
+pub use cells::{BnFold, ConvBn, FakeQuant, QuantConv2d, QuantConvBn, QuantLinear};
+pub use fake_quant::{nudge, FakeQuantConfig, FakeQuantizer, Nudged};
+pub use simqat::{LayerPolicy, Pair, SimQat, SimQatConfig};
