@@ -1,5 +1,5 @@
 //! SimQAT on the real Fashion-MNIST data: a float LeNet-5, then a short quantization-aware
-//! fine-tune; the fake-quantized network keeps the float accuracy within a point.
+//! fine-tune, then convert: the int8 deploy network keeps the float accuracy within a point.
 
 use std::time::Instant;
 
@@ -64,10 +64,19 @@ fn simqat_lenet5_keeps_fashion_mnist_accuracy_within_a_point() {
     let qat = evaluate(&net, batches(&test_set, 500, None))
         .unwrap()
         .accuracy;
+    let qat_seconds = t.elapsed().as_secs_f64();
+    algo.convert(&mut net).unwrap();
+    let deploy = evaluate(&net, batches(&test_set, 500, None))
+        .unwrap()
+        .accuracy;
     eprintln!(
-        "LeNet-5 Fashion-MNIST: fp32 {fp32:.4} (3 epochs, {fp32_seconds:.1} s); fake-quant before fine-tune {before_finetune:.4}; after 1 QAT epoch {qat:.4} ({:.1} s)",
-        t.elapsed().as_secs_f64()
+        "LeNet-5 Fashion-MNIST: fp32 {fp32:.4} (3 epochs, {fp32_seconds:.1} s); fake-quant before fine-tune {before_finetune:.4}; after 1 QAT epoch {qat:.4} ({qat_seconds:.1} s); int8 deploy {deploy:.4}"
     );
     assert!(fp32 > 0.85, "float training failed: {fp32}");
     assert!(qat >= fp32 - 0.01, "QAT {qat} vs fp32 {fp32}");
+    assert!(deploy >= fp32 - 0.01, "int8 deploy {deploy} vs fp32 {fp32}");
+    assert!(
+        (deploy - qat).abs() <= 0.002,
+        "deploy {deploy} vs fake quant {qat}"
+    );
 }

@@ -3,6 +3,7 @@
 //! quantized weights directly.
 
 pub mod ggml;
+pub mod int8;
 pub mod kernels;
 pub mod scheme;
 

@@ -285,6 +285,12 @@ impl QuantConvBn {
         config: FakeQuantConfig,
         freeze_bn: u64,
     ) -> gstick_nn::Result<Self> {
+        if fold != BnFold::None && conv.bias.is_some() {
+            return Err(gstick_nn::Error::Config(
+                "a folded Conv2d+BatchNorm2d takes a conv without bias (fusion moves it into the BN)"
+                    .into(),
+            ));
+        }
         let weight_quant = FakeQuantizer::new(config, conv.out_channels())?;
         Ok(QuantConvBn {
             conv,
@@ -321,6 +327,33 @@ impl QuantConvBn {
         Ok(self.bn.bias.value(mode).sub(&shift)?)
     }
 
+    /// What evaluation computes, split for integer deployment: the weight the fake quantizer
+    /// sees, the conv bias, and for the unfolded treatment the BatchNorm applied after the conv
+    /// (mean, sqrt(var + eps), gamma, beta).
+    #[allow(clippy::type_complexity)]
+    pub fn eval_parts(&self) -> gstick_nn::Result<(Tensor, Tensor, Option<[Tensor; 4]>)> {
+        let mode = Mode::Eval;
+        match self.fold {
+            BnFold::None => {
+                let out = self.conv.out_channels();
+                let bias = match &self.conv.bias {
+                    Some(b) => b.tensor().clone(),
+                    None => Tensor::zeros(out, DType::F32, &Device::Cpu)?,
+                };
+                let bn = [
+                    self.bn.running_mean.tensor().clone(),
+                    self.running_sigma()?,
+                    self.bn.weight.tensor().clone(),
+                    self.bn.bias.tensor().clone(),
+                ];
+                Ok((self.conv.weight.value(mode), bias, Some(bn)))
+            }
+            BnFold::OneConv | BnFold::TwoConv => {
+                Ok((self.folded_weight(mode)?, self.folded_bias(mode)?, None))
+            }
+        }
+    }
+
     /// Counts a training step; whether the BatchNorm is frozen now.
     fn frozen(&self, mode: Mode) -> gstick_nn::Result<bool> {
         if mode != Mode::Train {
@@ -351,6 +384,10 @@ impl Cell for QuantConvBn {
                     .weight_quant
                     .forward(&self.conv.weight.value(mode), mode)?;
                 let y = conv_with(&self.conv, x, &w)?;
+                let y = match &self.conv.bias {
+                    Some(b) => add_channel_bias(&y, &b.value(mode))?,
+                    None => y,
+                };
                 self.bn.forward(&[y], ctx)
             }
             BnFold::OneConv => {

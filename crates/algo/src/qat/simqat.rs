@@ -303,10 +303,23 @@ fn fuse_pair(
     ) else {
         return Ok(Vec::new());
     };
-    let fused = ConvBn {
-        conv: conv.clone(),
-        bn: bn.clone(),
+    // A conv bias before a BatchNorm only shifts the mean the BN subtracts: move it into the
+    // running mean (training normalizes it away anyway), so the fused cell's conv has none.
+    let (conv, bn) = match &conv.bias {
+        None => (conv.clone(), bn.clone()),
+        Some(b) => {
+            let mut bn = bn.clone();
+            let shifted = (bn.running_mean.tensor() - b.tensor())
+                .and_then(|t| t.detach().copy())
+                .map_err(|e| gstick_rewrite::Error::Replacement(e.to_string()))?;
+            bn.running_mean = gstick_nn::Param::buffer(shifted)
+                .map_err(|e| gstick_rewrite::Error::Replacement(e.to_string()))?;
+            let mut conv = conv.clone();
+            conv.bias = None;
+            (conv, bn)
+        }
     };
+    let fused = ConvBn { conv, bn };
     Ok(vec![NewNode::cell(
         conv_node.name(),
         Box::new(fused) as Box<dyn Cell>,
@@ -486,6 +499,11 @@ impl CompAlgo for SimQat {
             let flags = vec![false; g.graph_inputs().len()];
             wrap_graph(g, &config, &flags)
         })
+    }
+
+    /// Folds BatchNorms, freezes the ranges and produces the int8 deploy network.
+    fn convert(&self, net: &mut Network) -> crate::Result<()> {
+        super::convert::convert_to_int8(net)
     }
 
     fn summary(&self, net: &Network) -> Vec<(String, String)> {

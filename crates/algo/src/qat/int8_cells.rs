@@ -1,0 +1,500 @@
+//! The cells of an int8 deploy network (what `convert` produces): activations travel as unsigned
+//! 8-bit tensors with static (scale, zero point); convolutions and Linear layers multiply them by
+//! signed 8-bit weights with 32-bit accumulation and requantize per output channel.
+
+use candle_core::{DType, Device, Tensor};
+use gstick_nn::error::expect_inputs;
+use gstick_nn::{Cell, CellCtx};
+use gstick_quant::int8::im2col::{im2col_u8, ConvShape};
+use gstick_quant::int8::{gemm_u8i8, ActQuant, Int8Rows, IntIsa};
+use rayon::prelude::*;
+
+fn u8_values(t: &Tensor) -> gstick_nn::Result<Vec<u8>> {
+    if t.dtype() != DType::U8 {
+        return Err(gstick_nn::Error::Config(format!(
+            "an int8 cell received {:?} values; it reads quantized (u8) activations",
+            t.dtype()
+        )));
+    }
+    Ok(t.flatten_all()?.to_vec1::<u8>()?)
+}
+
+fn u8_tensor(values: Vec<u8>, dims: &[usize]) -> gstick_nn::Result<Tensor> {
+    Ok(Tensor::from_vec(values, dims, &Device::Cpu)?)
+}
+
+/// What an integer layer produces.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Int8Out {
+    /// Dequantized f32 (a layer whose consumer is not quantized, such as the logits).
+    Float,
+    /// Requantized to these parameters, optionally after a fused ReLU.
+    Quantized { quant: ActQuant, relu: bool },
+}
+
+impl Int8Out {
+    #[inline]
+    fn finish(&self, y: f32) -> Finished {
+        match *self {
+            Int8Out::Float => Finished::F(y),
+            Int8Out::Quantized { quant, relu } => {
+                Finished::U(quant.quantize(if relu { y.max(0.0) } else { y }))
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Int8Out::Float => "-> f32".into(),
+            Int8Out::Quantized { quant, relu } => format!(
+                "{}-> u8 (scale {:.4e}, zero point {})",
+                if *relu { "relu " } else { "" },
+                quant.scale,
+                quant.zero_point
+            ),
+        }
+    }
+}
+
+enum Finished {
+    F(f32),
+    U(u8),
+}
+
+/// Output buffers of either kind, filled position by position.
+struct OutBuf {
+    f: Vec<f32>,
+    u: Vec<u8>,
+}
+
+impl OutBuf {
+    fn new(out: &Int8Out, len: usize) -> OutBuf {
+        match out {
+            Int8Out::Float => OutBuf {
+                f: vec![0.0; len],
+                u: Vec::new(),
+            },
+            Int8Out::Quantized { .. } => OutBuf {
+                f: Vec::new(),
+                u: vec![0; len],
+            },
+        }
+    }
+
+    #[inline]
+    fn set(&mut self, i: usize, v: Finished) {
+        match v {
+            Finished::F(x) => self.f[i] = x,
+            Finished::U(x) => self.u[i] = x,
+        }
+    }
+
+    fn into_tensor(self, out: &Int8Out, dims: &[usize]) -> gstick_nn::Result<Tensor> {
+        match out {
+            Int8Out::Float => Ok(Tensor::from_vec(self.f, dims, &Device::Cpu)?),
+            Int8Out::Quantized { .. } => u8_tensor(self.u, dims),
+        }
+    }
+}
+
+/// f32 -> u8 with the parameters of the fake quantizer it replaces.
+#[derive(Clone, Debug)]
+pub struct Quantize {
+    pub quant: ActQuant,
+}
+
+impl Cell for Quantize {
+    fn kind(&self) -> &'static str {
+        "Quantize"
+    }
+    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
+        expect_inputs("Quantize", inputs, 1)?;
+        let x: Vec<f32> = inputs[0].flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let u = x.iter().map(|&v| self.quant.quantize(v)).collect();
+        u8_tensor(u, inputs[0].dims())
+    }
+    fn summary(&self) -> String {
+        format!(
+            "scale {:.4e}, zero point {}",
+            self.quant.scale, self.quant.zero_point
+        )
+    }
+}
+
+/// u8 -> f32.
+#[derive(Clone, Debug)]
+pub struct Dequantize {
+    pub quant: ActQuant,
+}
+
+impl Cell for Dequantize {
+    fn kind(&self) -> &'static str {
+        "Dequantize"
+    }
+    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
+        expect_inputs("Dequantize", inputs, 1)?;
+        let u = u8_values(&inputs[0])?;
+        let x: Vec<f32> = u.iter().map(|&v| self.quant.dequantize(v)).collect();
+        Ok(Tensor::from_vec(x, inputs[0].dims(), &Device::Cpu)?)
+    }
+}
+
+/// u8 -> u8 from one set of parameters to another, through a 256-entry table (optionally with a
+/// ReLU applied in between).
+#[derive(Clone, Debug)]
+pub struct Requantize {
+    pub from: ActQuant,
+    pub to: ActQuant,
+    pub relu: bool,
+    table: Vec<u8>,
+}
+
+impl Requantize {
+    pub fn new(from: ActQuant, to: ActQuant, relu: bool) -> Self {
+        let table = (0..=255u8)
+            .map(|u| {
+                let x = from.dequantize(u);
+                to.quantize(if relu { x.max(0.0) } else { x })
+            })
+            .collect();
+        Requantize {
+            from,
+            to,
+            relu,
+            table,
+        }
+    }
+}
+
+impl Cell for Requantize {
+    fn kind(&self) -> &'static str {
+        "Requantize"
+    }
+    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
+        expect_inputs("Requantize", inputs, 1)?;
+        let u = u8_values(&inputs[0])?;
+        u8_tensor(
+            u.iter().map(|&v| self.table[v as usize]).collect(),
+            inputs[0].dims(),
+        )
+    }
+    fn summary(&self) -> String {
+        format!(
+            "{}scale {:.4e} -> {:.4e}",
+            if self.relu { "relu, " } else { "" },
+            self.from.scale,
+            self.to.scale
+        )
+    }
+}
+
+/// ReLU on quantized values: max(u, zero point).
+#[derive(Clone, Debug)]
+pub struct Int8Relu {
+    pub zero_point: u8,
+}
+
+impl Cell for Int8Relu {
+    fn kind(&self) -> &'static str {
+        "Int8ReLU"
+    }
+    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
+        expect_inputs("Int8ReLU", inputs, 1)?;
+        let u = u8_values(&inputs[0])?;
+        u8_tensor(
+            u.iter().map(|&v| v.max(self.zero_point)).collect(),
+            inputs[0].dims(),
+        )
+    }
+}
+
+/// Max pooling of quantized NCHW values (order is kept by quantization, so the max commutes).
+#[derive(Clone, Debug)]
+pub struct Int8MaxPool {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Cell for Int8MaxPool {
+    fn kind(&self) -> &'static str {
+        "Int8MaxPool2d"
+    }
+    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
+        expect_inputs("Int8MaxPool2d", inputs, 1)?;
+        let (n, c, h, w) = inputs[0].dims4()?;
+        let u = u8_values(&inputs[0])?;
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let oh = (h + 2 * p - k) / s + 1;
+        let ow = (w + 2 * p - k) / s + 1;
+        let mut out = vec![0u8; n * c * oh * ow];
+        for (plane, dst) in u.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut m = 0u8;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let y = (oy * s + ky) as isize - p as isize;
+                            let x = (ox * s + kx) as isize - p as isize;
+                            if y >= 0 && x >= 0 && (y as usize) < h && (x as usize) < w {
+                                m = m.max(plane[y as usize * w + x as usize]);
+                            }
+                        }
+                    }
+                    dst[oy * ow + ox] = m;
+                }
+            }
+        }
+        u8_tensor(out, &[n, c, oh, ow])
+    }
+    fn summary(&self) -> String {
+        format!("{}x{} stride {}", self.kernel, self.kernel, self.stride)
+    }
+}
+
+/// Integer weights of a conv or Linear: w = (q - zero_point) * scale per output channel, and the
+/// float bias. The stored q is the fake quantizer's unsigned grid point minus 128, which always
+/// fits a signed byte; symmetric ranges give zero points of 0 (or -1 when the nudged zero point
+/// rounded to 127).
+#[derive(Clone, Debug)]
+pub struct Int8Weights {
+    pub rows: Int8Rows,
+    pub scales: Vec<f32>,
+    pub zero_points: Vec<i32>,
+    pub bias: Vec<f32>,
+    /// A BatchNorm kept after the layer (SimQAT without folding), applied per channel in the
+    /// order its evaluation uses, so the deploy network rounds as the training network did.
+    pub batch_norm: Option<BnAffine>,
+}
+
+/// Evaluation-mode BatchNorm per channel: (y - mean) / sqrt(var + eps) * gamma + beta.
+#[derive(Clone, Debug)]
+pub struct BnAffine {
+    pub mean: Vec<f32>,
+    /// sqrt(var + eps).
+    pub denom: Vec<f32>,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+impl Int8Weights {
+    /// Whether any weight zero point is not 0 (then the activation sums are needed).
+    fn offset(&self) -> bool {
+        self.zero_points.iter().any(|&z| z != 0)
+    }
+
+    /// y = s_in s_w * sum_k (u_k - zp_in)(q_k - zp_w) + bias for output channel `o`, from the
+    /// GEMM's sum_k u_k q_k (`acc`) and the activation sum sum_k u_k (`a_sum`).
+    #[inline]
+    fn affine(&self, input: &ActQuant, o: usize, acc: i32, a_sum: i32) -> f32 {
+        let (zx, zw, k) = (
+            input.zero_point as i32,
+            self.zero_points[o],
+            self.rows.cols as i32,
+        );
+        let centered = acc - zx * self.rows.row_sums[o] - zw * a_sum + k * zx * zw;
+        let y = centered as f32 * (input.scale * self.scales[o]) + self.bias[o];
+        match &self.batch_norm {
+            None => y,
+            Some(bn) => (y - bn.mean[o]) / bn.denom[o] * bn.gamma[o] + bn.beta[o],
+        }
+    }
+}
+
+/// Sum of the first `cols` bytes of each `stride`-long row.
+fn row_sums(a: &[u8], stride: usize, cols: usize) -> Vec<i32> {
+    a.chunks_exact(stride)
+        .map(|r| r[..cols].iter().map(|&v| v as i32).sum())
+        .collect()
+}
+
+/// Conv2d on quantized input with int8 weights (groups of 1).
+#[derive(Clone, Debug)]
+pub struct Int8Conv2d {
+    pub weights: Int8Weights,
+    pub input: ActQuant,
+    pub out: Int8Out,
+    pub kernel: (usize, usize),
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+}
+
+impl Cell for Int8Conv2d {
+    fn kind(&self) -> &'static str {
+        "Int8Conv2d"
+    }
+
+    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
+        expect_inputs("Int8Conv2d", inputs, 1)?;
+        let (n, c, h, w) = inputs[0].dims4()?;
+        let x = u8_values(&inputs[0])?;
+        let shape = ConvShape {
+            channels: c,
+            height: h,
+            width: w,
+            kernel_h: self.kernel.0,
+            kernel_w: self.kernel.1,
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+        };
+        if shape.window() != self.weights.rows.cols {
+            return Err(gstick_nn::Error::Config(format!(
+                "Int8Conv2d: input has {c} channels, the weight expects {}",
+                self.weights.rows.cols / (self.kernel.0 * self.kernel.1)
+            )));
+        }
+        let (oh, ow) = shape.out_hw();
+        let (positions, co, kp) = (oh * ow, self.weights.rows.rows, self.weights.rows.k_padded);
+        let isa = IntIsa::detect();
+        // One image per task: its unfolded rows stay in cache; integer sums make the result
+        // independent of how images are split across threads.
+        let images: Vec<OutBuf> = x
+            .par_chunks(c * h * w)
+            .map_init(
+                || (vec![0u8; positions * kp], vec![0i32; positions * co]),
+                |(rows, acc), image| {
+                    im2col_u8(image, &shape, self.input.zero_point, kp, rows);
+                    gemm_u8i8(isa, rows, positions, &self.weights.rows, acc);
+                    let sums = if self.weights.offset() {
+                        row_sums(rows, kp, self.weights.rows.cols)
+                    } else {
+                        vec![0; positions]
+                    };
+                    let mut buf = OutBuf::new(&self.out, co * positions);
+                    for p in 0..positions {
+                        for o in 0..co {
+                            let y = self
+                                .weights
+                                .affine(&self.input, o, acc[p * co + o], sums[p]);
+                            buf.set(o * positions + p, self.out.finish(y));
+                        }
+                    }
+                    buf
+                },
+            )
+            .collect();
+        let mut all = OutBuf::new(&self.out, 0);
+        for b in images {
+            all.f.extend(b.f);
+            all.u.extend(b.u);
+        }
+        all.into_tensor(&self.out, &[n, co, oh, ow])
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} -> {} channels, {}x{} {}",
+            self.weights.rows.cols / (self.kernel.0 * self.kernel.1),
+            self.weights.rows.rows,
+            self.kernel.0,
+            self.kernel.1,
+            self.out.describe()
+        )
+    }
+}
+
+/// Linear on quantized (batch, features) input with int8 weights.
+#[derive(Clone, Debug)]
+pub struct Int8Linear {
+    pub weights: Int8Weights,
+    pub input: ActQuant,
+    pub out: Int8Out,
+}
+
+impl Cell for Int8Linear {
+    fn kind(&self) -> &'static str {
+        "Int8Linear"
+    }
+
+    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
+        expect_inputs("Int8Linear", inputs, 1)?;
+        let (m, k) = inputs[0].dims2()?;
+        if k != self.weights.rows.cols {
+            return Err(gstick_nn::Error::Config(format!(
+                "Int8Linear: input has {k} features, the weight {}",
+                self.weights.rows.cols
+            )));
+        }
+        let x = u8_values(&inputs[0])?;
+        let (n, kp) = (self.weights.rows.rows, self.weights.rows.k_padded);
+        let mut padded = vec![0u8; m * kp];
+        for (dst, src) in padded.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+            dst[..k].copy_from_slice(src);
+        }
+        let isa = IntIsa::detect();
+        // Rows split across threads in fixed chunks; integer sums are exact.
+        let chunk = 64;
+        let parts: Vec<OutBuf> = padded
+            .par_chunks(chunk * kp)
+            .map(|rows| {
+                let mr = rows.len() / kp;
+                let mut acc = vec![0i32; mr * n];
+                gemm_u8i8(isa, rows, mr, &self.weights.rows, &mut acc);
+                let sums = if self.weights.offset() {
+                    row_sums(rows, kp, k)
+                } else {
+                    vec![0; mr]
+                };
+                let mut buf = OutBuf::new(&self.out, mr * n);
+                for (i, &a) in acc.iter().enumerate() {
+                    let y = self.weights.affine(&self.input, i % n, a, sums[i / n]);
+                    buf.set(i, self.out.finish(y));
+                }
+                buf
+            })
+            .collect();
+        let mut all = OutBuf::new(&self.out, 0);
+        for b in parts {
+            all.f.extend(b.f);
+            all.u.extend(b.u);
+        }
+        all.into_tensor(&self.out, &[m, n])
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} -> {} {}",
+            self.weights.rows.cols,
+            self.weights.rows.rows,
+            self.out.describe()
+        )
+    }
+}
+
+/// Sum of two quantized tensors (the residual Add), dequantized then requantized.
+#[derive(Clone, Debug)]
+pub struct Int8Add {
+    pub a: ActQuant,
+    pub b: ActQuant,
+    pub out: Int8Out,
+}
+
+impl Cell for Int8Add {
+    fn kind(&self) -> &'static str {
+        "Int8Add"
+    }
+
+    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
+        expect_inputs("Int8Add", inputs, 2)?;
+        if inputs[0].dims() != inputs[1].dims() {
+            return Err(gstick_nn::Error::Config(format!(
+                "Int8Add: shapes {:?} and {:?} differ",
+                inputs[0].dims(),
+                inputs[1].dims()
+            )));
+        }
+        let (x, y) = (u8_values(&inputs[0])?, u8_values(&inputs[1])?);
+        let mut buf = OutBuf::new(&self.out, x.len());
+        for (i, (&u, &v)) in x.iter().zip(&y).enumerate() {
+            let s = self.a.dequantize(u) + self.b.dequantize(v);
+            buf.set(i, self.out.finish(s));
+        }
+        buf.into_tensor(&self.out, inputs[0].dims())
+    }
+
+    fn summary(&self) -> String {
+        self.out.describe()
+    }
+}

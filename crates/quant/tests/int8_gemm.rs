@@ -1,0 +1,118 @@
+//! The integer GEMM on every instruction set this CPU has against plain integer loops, and the
+//! unfolding of quantized images.
+
+use gstick_quant::int8::im2col::{im2col_u8, ConvShape};
+use gstick_quant::int8::{gemm_u8i8, ActQuant, Int8Rows, IntIsa, K_ALIGN};
+
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn every_integer_gemm_equals_the_plain_sum() {
+    for (m, n, k) in [
+        (1, 1, 1),
+        (5, 7, 75),
+        (9, 16, 150),
+        (33, 6, 64),
+        (4, 4, 400),
+    ] {
+        let w: Vec<i8> = bytes(n as u64, n * k)
+            .into_iter()
+            .map(|b| b as i8)
+            .collect();
+        let b = Int8Rows::new(&w, n, k);
+        assert_eq!(b.k_padded % K_ALIGN, 0);
+        assert!(b.k_padded >= k);
+        for r in 0..n {
+            let sum: i32 = w[r * k..(r + 1) * k].iter().map(|&v| v as i32).sum();
+            assert_eq!(b.row_sums[r], sum);
+        }
+        let raw = bytes(100 + m as u64, m * k);
+        let mut a = vec![0u8; m * b.k_padded];
+        for i in 0..m {
+            a[i * b.k_padded..i * b.k_padded + k].copy_from_slice(&raw[i * k..(i + 1) * k]);
+        }
+        let want: Vec<i32> = (0..m * n)
+            .map(|idx| {
+                let (i, j) = (idx / n, idx % n);
+                (0..k)
+                    .map(|c| raw[i * k + c] as i32 * w[j * k + c] as i32)
+                    .sum()
+            })
+            .collect();
+        for isa in [IntIsa::Avx512Vnni, IntIsa::Avx2, IntIsa::Portable] {
+            if !isa.supported() {
+                continue;
+            }
+            let mut out = vec![0i32; m * n];
+            gemm_u8i8(isa, &a, m, &b, &mut out);
+            assert_eq!(out, want, "{isa:?} m {m} n {n} k {k}");
+        }
+    }
+    // Extremes: 255 * -128 over long rows must not saturate anywhere.
+    let k = 512;
+    let b = Int8Rows::new(&vec![-128i8; 4 * k], 4, k);
+    let a = vec![255u8; 4 * b.k_padded];
+    for isa in [IntIsa::Avx512Vnni, IntIsa::Avx2, IntIsa::Portable] {
+        if isa.supported() {
+            let mut out = vec![0i32; 16];
+            gemm_u8i8(isa, &a, 4, &b, &mut out);
+            assert!(out.iter().all(|&v| v == 255 * -128 * k as i32), "{isa:?}");
+        }
+    }
+}
+
+#[test]
+fn im2col_reads_the_zero_point_outside_the_image() {
+    // One 2x2 channel, 3x3 kernel, padding 1: output 2x2, each window 9 values.
+    let image = [1u8, 2, 3, 4];
+    let s = ConvShape {
+        channels: 1,
+        height: 2,
+        width: 2,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 1,
+        padding: 1,
+        dilation: 1,
+    };
+    assert_eq!(s.out_hw(), (2, 2));
+    let mut rows = vec![9u8; 4 * 64];
+    im2col_u8(&image, &s, 7, 64, &mut rows);
+    // Top-left output: window rows y=-1..1, x=-1..1.
+    assert_eq!(&rows[..9], &[7, 7, 7, 7, 1, 2, 7, 3, 4]);
+    assert!(
+        rows[9..64].iter().all(|&v| v == 0),
+        "padding of the row is 0"
+    );
+    // Bottom-right output.
+    assert_eq!(&rows[3 * 64..3 * 64 + 9], &[1, 2, 7, 3, 4, 7, 7, 7, 7]);
+}
+
+#[test]
+fn activation_quantization_round_trips_on_its_grid() {
+    // Range [-1, 3) with zero point 64 and scale 4/255, as the fake quantizer nudges it.
+    let s = 4.0f32 / 255.0;
+    let q = ActQuant {
+        scale: s,
+        zero_point: 64,
+        min: -64.0 * s,
+        max: 191.0 * s,
+    };
+    assert_eq!(q.quantize(0.0), 64);
+    assert_eq!(q.dequantize(64), 0.0);
+    assert_eq!(q.quantize(-5.0), 0);
+    assert_eq!(q.quantize(5.0), 255);
+    for u in 0..=255u8 {
+        assert_eq!(q.quantize(q.dequantize(u)), u);
+    }
+}
