@@ -205,9 +205,17 @@ impl FakeQuantizer {
         Ok(self.steps.tensor().to_vec1::<f64>()?[0] as u64)
     }
 
-    /// Records the batch's range: per channel along axis 0 or over everything; min is kept at
-    /// most 0 and max at least 0 so that 0 stays representable.
-    fn observe(&self, x: &Tensor) -> gstick_nn::Result<()> {
+    /// Sets the range to that of `x` (no EMA): how post-training calibration fixes weight ranges.
+    pub fn set_range(&self, x: &Tensor) -> gstick_nn::Result<()> {
+        let (lo, hi) = self.batch_range(x)?;
+        self.min.set(&lo)?;
+        self.max.set(&hi)?;
+        Ok(())
+    }
+
+    /// The range of `x` per channel along axis 0 or over everything, with min at most 0 and max
+    /// at least 0 so that 0 stays representable.
+    fn batch_range(&self, x: &Tensor) -> gstick_nn::Result<(Tensor, Tensor)> {
         let x = x.detach();
         let (lo, hi) = if self.config.per_channel {
             let c = x.dims().first().copied().unwrap_or(1);
@@ -217,7 +225,12 @@ impl FakeQuantizer {
             let flat = x.flatten_all()?;
             (flat.min_keepdim(0)?, flat.max_keepdim(0)?)
         };
-        let (lo, hi) = (lo.clamp(f32::MIN, 0f32)?, hi.clamp(0f32, f32::MAX)?);
+        Ok((lo.clamp(f32::MIN, 0f32)?, hi.clamp(0f32, f32::MAX)?))
+    }
+
+    /// Records the batch's range, replacing the stored one or blended into it (EMA).
+    fn observe(&self, x: &Tensor) -> gstick_nn::Result<()> {
+        let (lo, hi) = self.batch_range(x)?;
         let (lo, hi) = if self.config.ema {
             let d = self.config.ema_decay as f64;
             (
