@@ -7,6 +7,7 @@ mod graph_cmd;
 mod kernel_bench;
 mod llm_cmd;
 mod models;
+mod qat_cmd;
 mod quantize_cmd;
 mod train_cmd;
 
@@ -33,6 +34,10 @@ enum Command {
     Convert(llm_cmd::ConvertArgs),
     /// Quantize a language model's weights (RTN, GPTQ, AWQ) and export it (gs, gptq, gguf).
     Quantize(quantize_cmd::QuantizeArgs),
+    /// Quantization-aware training of a CNN (SimQAT), converted to an int8 deploy network.
+    Qat(qat_cmd::QatArgs),
+    /// Static int8 post-training quantization of a CNN (calibration), converted to int8.
+    PtqCnn(qat_cmd::PtqCnnArgs),
     /// Generate text with a language model (greedy unless --temperature).
     Generate(llm_cmd::GenerateArgs),
     /// Print a model's node table, or write it as Graphviz DOT / SVG.
@@ -80,6 +85,8 @@ fn main() {
         Command::Generate(args) => llm_cmd::generate(args),
         Command::Convert(args) => llm_cmd::convert(args),
         Command::Quantize(args) => quantize_cmd::quantize(args),
+        Command::Qat(args) => qat_cmd::qat(args),
+        Command::PtqCnn(args) => qat_cmd::ptq_cnn(args),
         Command::Graph(args) => graph_cmd::graph(args),
         Command::Bench(cmd) => bench::run(cmd),
     };

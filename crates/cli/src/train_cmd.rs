@@ -220,7 +220,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 }
 
 /// The name a value has on the command line (`fashion-mnist`).
-fn value_name(v: impl ValueEnum) -> String {
+pub fn value_name(v: impl ValueEnum) -> String {
     v.to_possible_value()
         .map(|p| p.get_name().to_string())
         .unwrap_or_default()

@@ -437,3 +437,77 @@ fn a_yaml_recipe_quantizes_to_gs_and_the_directory_runs_on_the_integer_kernels()
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn qat_and_ptq_cnn_report_float_fake_quant_and_int8_accuracy() {
+    let dir = std::env::temp_dir().join(format!("gstick-cli-qat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("qat");
+    let (ok, stdout, err) = gstick(&[
+        "qat",
+        "--model",
+        "lenet5",
+        "--limit",
+        "6000",
+        "--fp32-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("DenseQuant"), "no summary: {err}");
+    let v = json(&stdout);
+    let (fp32, deploy) = (
+        v["fp32_accuracy"].as_f64().unwrap(),
+        v["deploy_accuracy"].as_f64().unwrap(),
+    );
+    assert!(fp32 > 0.6 && deploy > fp32 - 0.03, "{v}");
+    assert!(v["quant_accuracy"].as_f64().is_some());
+    for f in ["fp32.safetensors", "qat.safetensors", "report.json"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let (ok, _, err) = gstick(&["qat", "--out", out.to_str().unwrap()]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, _, err) = gstick(&[
+        "qat",
+        "--model",
+        "ccexam-mnist",
+        "--out",
+        dir.join("x").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("ptq-cnn"), "{err}");
+
+    let out = dir.join("ptq");
+    let (ok, stdout, err) = gstick(&[
+        "ptq-cnn",
+        "--model",
+        "ccexam-mnist",
+        "--dataset",
+        "mnist5k",
+        "--calib",
+        "200",
+        "--all",
+        "--method",
+        "percentile",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&stdout);
+    assert!(v["deploy_accuracy"].as_f64().unwrap() >= 0.99, "{v}");
+    assert_eq!(v["samples"], 5000);
+    let (ok, _, err) = gstick(&[
+        "ptq-cnn",
+        "--model",
+        "lenet5",
+        "--out",
+        dir.join("y").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("--checkpoint"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

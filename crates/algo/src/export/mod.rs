@@ -44,7 +44,7 @@ pub(crate) fn export_error(path: &Path, message: impl Into<String>) -> Error {
 }
 
 /// Builds directory `out` through `write` on a temporary sibling, then renames it into place.
-pub(crate) fn write_dir_atomically(
+pub fn write_dir_atomically(
     out: &Path,
     write: impl FnOnce(&Path) -> Result<ExportReport>,
 ) -> Result<ExportReport> {

@@ -1,0 +1,363 @@
+//! `gstick qat` (quantization-aware training) and `gstick ptq-cnn` (static int8 calibration) for
+//! CNNs: float accuracy, fake-quantized accuracy, then the int8 deploy network's accuracy.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use gstick_algo::export::{write_dir_atomically, ExportReport};
+use gstick_algo::qat::{calibrate, CalibMethod, SimQat, SimQatConfig};
+use gstick_algo::CompAlgo;
+use gstick_data::{Dataset, Split};
+use gstick_nn::optim::AdamW;
+use gstick_nn::schedule::{Decay, LrSchedule};
+use gstick_nn::train::{evaluate, Progress, Trainer};
+use gstick_nn::{checkpoint, Network};
+
+use crate::datasets::{self, DatasetName};
+use crate::models::{self, ModelName};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QatAlgo {
+    /// Simulated quantization-aware training (int8 activations and weights).
+    Simqat,
+}
+
+#[derive(Args)]
+pub struct QatArgs {
+    #[arg(long, value_enum, default_value = "lenet5")]
+    pub model: ModelName,
+    #[arg(long, value_enum, default_value = "simqat")]
+    pub algo: QatAlgo,
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    pub dataset: DatasetName,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Float weights to start from (safetensors from `gstick train --out`); without it the float
+    /// model is trained first for --fp32-epochs.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    pub fp32_epochs: usize,
+    /// Quantization-aware training epochs.
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// Learning rate of the quantization-aware epochs (the float epochs use 1e-3).
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Train on the first N training samples only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// SimQAT configuration file (TOML or YAML, the original's keys); flags below override it.
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Fuse Conv2d+BatchNorm2d and fold the BN (one-conv fold).
+    #[arg(long)]
+    pub bn_fold: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory (must not exist): float and fake-quantized checkpoints, report.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    Minmax,
+    Percentile,
+}
+
+#[derive(Args)]
+pub struct PtqCnnArgs {
+    #[arg(long, value_enum, default_value = "ccexam-mnist")]
+    pub model: ModelName,
+    /// Float weights (required unless the model is pretrained).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "mnist5k")]
+    pub dataset: DatasetName,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Calibration images, spread evenly over the training split.
+    #[arg(long, default_value_t = 500)]
+    pub calib: usize,
+    #[arg(long, value_enum, default_value = "minmax")]
+    pub method: MethodArg,
+    /// Percentile of the percentile method.
+    #[arg(long, default_value_t = 99.99)]
+    pub percentile: f64,
+    /// Fuse Conv2d+BatchNorm2d and fold the BN.
+    #[arg(long)]
+    pub bn_fold: bool,
+    /// Evaluate on every sample (mnist5k: all 5000), not only the test split.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn data_error(e: gstick_data::Error) -> gstick_nn::Error {
+    gstick_nn::Error::Config(e.to_string())
+}
+
+fn accuracy(net: &Network, data: &Dataset) -> Result<f64> {
+    Ok(evaluate(net, data.batches(256, None).map(|b| b.map_err(data_error)))?.accuracy)
+}
+
+fn train(
+    net: &mut Network,
+    data: &Dataset,
+    epochs: usize,
+    lr: f64,
+    batch: usize,
+    seed: u64,
+) -> Result<()> {
+    if epochs == 0 {
+        return Ok(());
+    }
+    let schedule = LrSchedule {
+        base_lr: lr,
+        warmup_steps: 0,
+        decay: Decay::Cosine { min_lr: 0.0 },
+    };
+    let mut trainer = Trainer::new(Box::new(AdamW::new(0.0)), schedule);
+    trainer.seed = seed;
+    trainer.progress = Progress::Auto;
+    let steps = data.num_batches(batch);
+    trainer.fit(net, epochs, steps, |epoch| {
+        data.batches(batch, Some((seed, epoch)))
+            .map(|b| b.map_err(data_error))
+    })?;
+    Ok(())
+}
+
+/// Copies every parameter value of `src` into the same-named parameter of `dst`.
+fn copy_params(src: &Network, dst: &Network) -> Result<()> {
+    let values: std::collections::HashMap<String, gstick_nn::Param> =
+        gstick_nn::named_params(src).into_iter().collect();
+    for (name, p) in gstick_nn::named_params(dst) {
+        let v = values
+            .get(&name)
+            .with_context(|| format!("no parameter {name} to copy"))?;
+        p.set(&v.tensor().copy()?)?;
+    }
+    Ok(())
+}
+
+fn simqat_config(recipe: Option<&Path>, bn_fold: bool) -> Result<SimQatConfig> {
+    let mut config = match recipe {
+        Some(p) => SimQatConfig::load(p)?,
+        None => SimQatConfig::default(),
+    };
+    if bn_fold {
+        config.set_enable_fusion(true);
+        config.set_bn_fold(true);
+    }
+    Ok(config)
+}
+
+/// Writes the output directory atomically: checkpoints and the report.
+fn write_out(out: &Path, files: &[(&str, &Network)], report: &serde_json::Value) -> Result<()> {
+    write_dir_atomically(out, |dir| {
+        let mut written = Vec::new();
+        for (name, net) in files {
+            checkpoint::save(net, &dir.join(name)).map_err(gstick_algo::Error::Nn)?;
+            written.push(name.to_string());
+        }
+        let text = serde_json::to_string_pretty(report).unwrap_or_default();
+        gstick_nn::atomic::write_bytes(&dir.join("report.json"), text.as_bytes())
+            .map_err(gstick_algo::Error::Nn)?;
+        written.push("report.json".into());
+        Ok(ExportReport {
+            files: written,
+            notes: Vec::new(),
+            max_abs_deviation: 0.0,
+        })
+    })?;
+    Ok(())
+}
+
+fn print(report: &serde_json::Value, json: bool) {
+    if json {
+        println!("{report}");
+    } else {
+        let pct = |k: &str| report[k].as_f64().unwrap_or(f64::NAN) * 100.0;
+        println!(
+            "| model | accuracy |\n|---|---|\n| fp32 | {:.2}% |\n| fake-quant | {:.2}% |\n| int8 deploy | {:.2}% |",
+            pct("fp32_accuracy"),
+            pct("quant_accuracy"),
+            pct("deploy_accuracy")
+        );
+    }
+}
+
+pub fn qat(args: QatArgs) -> Result<()> {
+    if args.out.exists() {
+        bail!(
+            "{} already exists; choose a new output directory",
+            args.out.display()
+        );
+    }
+    if args.epochs == 0 || args.batch_size == 0 {
+        bail!("--epochs and --batch-size must be at least 1");
+    }
+    if args.model == ModelName::CcexamMnist {
+        bail!("ccexam-mnist is pretrained; use `gstick ptq-cnn` for it, or `--model mnistnet`");
+    }
+    let config = simqat_config(args.recipe.as_deref(), args.bn_fold)?;
+    let mut train_set = datasets::load(args.dataset, Split::Train, args.data_dir.as_ref())?;
+    if let Some(n) = args.limit {
+        train_set = train_set.take(n);
+    }
+    let test_set = datasets::load(args.dataset, Split::Test, args.data_dir.as_ref())?;
+    models::check_input(args.model, train_set.height, train_set.width)?;
+    let classes = train_set.classes().max(test_set.classes());
+    let mut net = models::build(args.model, train_set.channels, classes, args.seed, None)?;
+    let started = Instant::now();
+    match &args.checkpoint {
+        Some(path) => {
+            checkpoint::load(&net, path).with_context(|| format!("loading {}", path.display()))?
+        }
+        None => train(
+            &mut net,
+            &train_set,
+            args.fp32_epochs,
+            1e-3,
+            args.batch_size,
+            args.seed,
+        )?,
+    }
+    let fp32_seconds = started.elapsed().as_secs_f64();
+    let fp32 = accuracy(&net, &test_set)?;
+    // Cloning a network shares its parameters; the float checkpoint needs copies.
+    let float = models::build(args.model, train_set.channels, classes, args.seed, None)?;
+    copy_params(&net, &float)?;
+
+    let mut algo = SimQat::new(config)?;
+    algo.apply(&mut net)?;
+    let t = Instant::now();
+    train(
+        &mut net,
+        &train_set,
+        args.epochs,
+        args.lr,
+        args.batch_size,
+        args.seed,
+    )?;
+    let qat_seconds = t.elapsed().as_secs_f64();
+    let quant = accuracy(&net, &test_set)?;
+    eprint!(
+        "{}",
+        gstick_algo::comp_algo::summary_table(algo.name(), &algo.summary(&net))
+    );
+    let mut deploy = net.clone();
+    algo.convert(&mut deploy)?;
+    let t = Instant::now();
+    let deployed = accuracy(&deploy, &test_set)?;
+    let report = serde_json::json!({
+        "model": crate::train_cmd::value_name(args.model),
+        "algo": "simqat",
+        "dataset": crate::train_cmd::value_name(args.dataset),
+        "fp32_accuracy": fp32,
+        "quant_accuracy": quant,
+        "deploy_accuracy": deployed,
+        "fp32_epochs": if args.checkpoint.is_some() { 0 } else { args.fp32_epochs },
+        "qat_epochs": args.epochs,
+        "seconds": {"fp32": fp32_seconds, "qat": qat_seconds, "deploy_eval": t.elapsed().as_secs_f64()},
+        "config": serde_json::to_value(&algo.config).unwrap_or_default(),
+        "out": args.out.display().to_string(),
+    });
+    write_out(
+        &args.out,
+        &[("fp32.safetensors", &float), ("qat.safetensors", &net)],
+        &report,
+    )?;
+    print(&report, args.json);
+    Ok(())
+}
+
+pub fn ptq_cnn(args: PtqCnnArgs) -> Result<()> {
+    if args.out.exists() {
+        bail!(
+            "{} already exists; choose a new output directory",
+            args.out.display()
+        );
+    }
+    if args.calib == 0 {
+        bail!("--calib must be at least 1");
+    }
+    let method = match args.method {
+        MethodArg::Minmax => CalibMethod::MinMax,
+        MethodArg::Percentile => CalibMethod::Percentile(args.percentile),
+    };
+    let train_set = datasets::load(args.dataset, Split::Train, args.data_dir.as_ref())?;
+    let test_set = if args.all {
+        datasets::load_all(args.dataset, args.data_dir.as_ref())?
+    } else {
+        datasets::load(args.dataset, Split::Test, args.data_dir.as_ref())?
+    };
+    models::check_input(args.model, test_set.height, test_set.width)?;
+    let classes = train_set.classes().max(test_set.classes());
+    let mut net = if args.model == ModelName::CcexamMnist {
+        models::build(
+            args.model,
+            test_set.channels,
+            10,
+            0,
+            args.checkpoint.as_ref(),
+        )?
+    } else {
+        let Some(path) = &args.checkpoint else {
+            bail!(
+                "--checkpoint is required for {:?} (write one with `gstick train --out`)",
+                args.model
+            );
+        };
+        let net = models::build(args.model, test_set.channels, classes, 0, None)?;
+        checkpoint::load(&net, path)?;
+        net
+    };
+    let fp32 = accuracy(&net, &test_set)?;
+    // Calibration images spread over the whole training split (files may be sorted by label).
+    let every = (train_set.len() / args.calib).max(1);
+    let calib = if every >= 2 {
+        train_set.split_every(every).1.take(args.calib)
+    } else {
+        train_set.take(args.calib)
+    };
+    let mut algo = SimQat::new(simqat_config(None, args.bn_fold)?)?;
+    algo.apply(&mut net)?;
+    let t = Instant::now();
+    calibrate(
+        &mut net,
+        calib
+            .batches(100, None)
+            .map(|b| b.map(|(x, _)| x).map_err(data_error)),
+        method,
+    )?;
+    let calib_seconds = t.elapsed().as_secs_f64();
+    let quant = accuracy(&net, &test_set)?;
+    let mut deploy = net.clone();
+    algo.convert(&mut deploy)?;
+    let deployed = accuracy(&deploy, &test_set)?;
+    let report = serde_json::json!({
+        "model": crate::train_cmd::value_name(args.model),
+        "dataset": crate::train_cmd::value_name(args.dataset),
+        "calibration": {"images": calib.len(), "method": format!("{method:?}"), "seconds": calib_seconds},
+        "fp32_accuracy": fp32,
+        "quant_accuracy": quant,
+        "deploy_accuracy": deployed,
+        "samples": test_set.len(),
+        "out": args.out.display().to_string(),
+    });
+    write_out(&args.out, &[("ptq.safetensors", &net)], &report)?;
+    print(&report, args.json);
+    Ok(())
+}
