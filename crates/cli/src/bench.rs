@@ -37,6 +37,8 @@ pub enum BenchKind {
     Ppl(PplBenchArgs),
     /// Int8 and int4 deploy kernels against the f32 Linear path (GEMV and GEMM).
     Kernels(crate::kernel_bench::KernelBenchArgs),
+    /// Int8 deploy inference of LeNet-5 and ResNet-20 against our f32 networks.
+    CnnInt8(crate::cnn_bench::CnnBenchArgs),
 }
 
 #[derive(Args)]
@@ -219,6 +221,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         Some(BenchKind::Decode(args)) => decode(args),
         Some(BenchKind::Ppl(args)) => ppl(args),
         Some(BenchKind::Kernels(args)) => crate::kernel_bench::run(args),
+        Some(BenchKind::CnnInt8(args)) => crate::cnn_bench::run(args),
     }
 }
 

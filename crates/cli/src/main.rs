@@ -2,6 +2,7 @@
 
 mod allocator;
 mod bench;
+mod cnn_bench;
 mod datasets;
 mod graph_cmd;
 mod kernel_bench;

@@ -116,3 +116,57 @@ fn activation_quantization_round_trips_on_its_grid() {
         assert_eq!(q.quantize(q.dequantize(u)), u);
     }
 }
+
+#[test]
+fn im2col_equals_a_plain_window_walk_for_strides_dilations_and_padding() {
+    for (c, h, w, k, stride, padding, dilation) in [
+        (3, 7, 9, 3, 1, 1, 1),
+        (2, 8, 8, 3, 2, 1, 1),
+        (1, 9, 7, 3, 1, 2, 2),
+        (4, 6, 6, 1, 2, 0, 1),
+        (2, 5, 5, 5, 1, 2, 1),
+    ] {
+        let s = ConvShape {
+            channels: c,
+            height: h,
+            width: w,
+            kernel_h: k,
+            kernel_w: k,
+            stride,
+            padding,
+            dilation,
+        };
+        let image = bytes(c as u64 * 31 + h as u64, c * h * w);
+        let (oh, ow) = s.out_hw();
+        let kp = s.window().div_ceil(64) * 64;
+        let mut rows = vec![77u8; oh * ow * kp];
+        im2col_u8(&image, &s, 5, kp, &mut rows);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut idx = 0;
+                for ch in 0..c {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let y = (oy * stride + ky * dilation) as isize - padding as isize;
+                            let x = (ox * stride + kx * dilation) as isize - padding as isize;
+                            let want = if y >= 0 && x >= 0 && (y as usize) < h && (x as usize) < w {
+                                image[ch * h * w + y as usize * w + x as usize]
+                            } else {
+                                5
+                            };
+                            assert_eq!(
+                                rows[(oy * ow + ox) * kp + idx],
+                                want,
+                                "{s:?} ({oy},{ox}) {idx}"
+                            );
+                            idx += 1;
+                        }
+                    }
+                }
+                assert!(rows[(oy * ow + ox) * kp + idx..(oy * ow + ox + 1) * kp]
+                    .iter()
+                    .all(|&v| v == 0));
+            }
+        }
+    }
+}

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use gstick_nn::error::expect_inputs;
 use gstick_nn::{Cell, CellCtx};
 use gstick_quant::int8::im2col::{im2col_u8, ConvShape};
-use gstick_quant::int8::{gemm_u8i8, ActQuant, Int8Rows, IntIsa};
+use gstick_quant::int8::{gemm_u8i8, gemm_u8i8_strided, ActQuant, Int8Rows, IntIsa, Strides};
 use rayon::prelude::*;
 
 fn u8_values(t: &Tensor) -> gstick_nn::Result<Vec<u8>> {
@@ -282,22 +282,46 @@ impl Int8Weights {
     fn offset(&self) -> bool {
         self.zero_points.iter().any(|&z| z != 0)
     }
+}
 
-    /// y = s_in s_w * sum_k (u_k - zp_in)(q_k - zp_w) + bias for output channel `o`, from the
-    /// GEMM's sum_k u_k q_k (`acc`) and the activation sum sum_k u_k (`a_sum`).
+/// One output channel's dequantization, y = s_in s_w * sum_k (u_k - zp_in)(q_k - zp_w) + bias,
+/// from the GEMM's sum_k u_k q_k and the activation sum sum_k u_k, with everything that does not depend on the position
+/// folded in advance.
+struct ChannelAffine {
+    mult: f32,
+    /// -zp_in * row_sum + k * zp_in * zp_w.
+    offset: i32,
+    zw: i32,
+    bias: f32,
+    bn: Option<(f32, f32, f32, f32)>,
+}
+
+impl ChannelAffine {
     #[inline]
-    fn affine(&self, input: &ActQuant, o: usize, acc: i32, a_sum: i32) -> f32 {
-        let (zx, zw, k) = (
-            input.zero_point as i32,
-            self.zero_points[o],
-            self.rows.cols as i32,
-        );
-        let centered = acc - zx * self.rows.row_sums[o] - zw * a_sum + k * zx * zw;
-        let y = centered as f32 * (input.scale * self.scales[o]) + self.bias[o];
-        match &self.batch_norm {
+    fn value(&self, acc: i32, a_sum: i32) -> f32 {
+        let y = (acc + self.offset - self.zw * a_sum) as f32 * self.mult + self.bias;
+        match self.bn {
             None => y,
-            Some(bn) => (y - bn.mean[o]) / bn.denom[o] * bn.gamma[o] + bn.beta[o],
+            Some((mean, denom, gamma, beta)) => (y - mean) / denom * gamma + beta,
         }
+    }
+}
+
+impl Int8Weights {
+    fn channels(&self, input: &ActQuant) -> Vec<ChannelAffine> {
+        let (zx, k) = (input.zero_point as i32, self.rows.cols as i32);
+        (0..self.rows.rows)
+            .map(|o| ChannelAffine {
+                mult: input.scale * self.scales[o],
+                offset: -zx * self.rows.row_sums[o] + k * zx * self.zero_points[o],
+                zw: self.zero_points[o],
+                bias: self.bias[o],
+                bn: self
+                    .batch_norm
+                    .as_ref()
+                    .map(|b| (b.mean[o], b.denom[o], b.gamma[o], b.beta[o])),
+            })
+            .collect()
     }
 }
 
@@ -318,6 +342,61 @@ pub struct Int8Conv2d {
     pub stride: usize,
     pub padding: usize,
     pub dilation: usize,
+}
+
+impl Int8Conv2d {
+    /// Every image: unfold, multiply (stored channel-major), then `finish` each channel's
+    /// dequantized value. One image per task; integer sums make the result independent of how
+    /// images are split across threads.
+    fn images<T: Copy + Default + Send>(
+        &self,
+        x: &[u8],
+        shape: &ConvShape,
+        finish: impl Fn(f32) -> T + Sync,
+    ) -> Vec<T> {
+        let (oh, ow) = shape.out_hw();
+        let positions = oh * ow;
+        let (co, kp, cols) = (
+            self.weights.rows.rows,
+            self.weights.rows.k_padded,
+            self.weights.rows.cols,
+        );
+        let image_len = shape.channels * shape.height * shape.width;
+        let n = x.len() / image_len.max(1);
+        let mut out = vec![T::default(); n * co * positions];
+        let isa = IntIsa::detect();
+        let channels = self.weights.channels(&self.input);
+        let offsets = self.weights.offset();
+        out.par_chunks_mut(co * positions)
+            .zip(x.par_chunks(image_len))
+            .for_each_init(
+                || (vec![0u8; positions * kp], vec![0i32; positions * co]),
+                |(rows, acc), (dst, image)| {
+                    im2col_u8(image, shape, self.input.zero_point, kp, rows);
+                    let strides = Strides {
+                        row: 1,
+                        col: positions,
+                    };
+                    gemm_u8i8_strided(isa, rows, positions, &self.weights.rows, acc, strides);
+                    let sums = if offsets {
+                        row_sums(rows, kp, cols)
+                    } else {
+                        Vec::new()
+                    };
+                    for (o, ch) in channels.iter().enumerate() {
+                        let (src, dst) = (
+                            &acc[o * positions..(o + 1) * positions],
+                            &mut dst[o * positions..(o + 1) * positions],
+                        );
+                        for (p, (y, &a)) in dst.iter_mut().zip(src).enumerate() {
+                            let s = if offsets { sums[p] } else { 0 };
+                            *y = finish(ch.value(a, s));
+                        }
+                    }
+                },
+            );
+        out
+    }
 }
 
 impl Cell for Int8Conv2d {
@@ -346,41 +425,20 @@ impl Cell for Int8Conv2d {
             )));
         }
         let (oh, ow) = shape.out_hw();
-        let (positions, co, kp) = (oh * ow, self.weights.rows.rows, self.weights.rows.k_padded);
-        let isa = IntIsa::detect();
-        // One image per task: its unfolded rows stay in cache; integer sums make the result
-        // independent of how images are split across threads.
-        let images: Vec<OutBuf> = x
-            .par_chunks(c * h * w)
-            .map_init(
-                || (vec![0u8; positions * kp], vec![0i32; positions * co]),
-                |(rows, acc), image| {
-                    im2col_u8(image, &shape, self.input.zero_point, kp, rows);
-                    gemm_u8i8(isa, rows, positions, &self.weights.rows, acc);
-                    let sums = if self.weights.offset() {
-                        row_sums(rows, kp, self.weights.rows.cols)
-                    } else {
-                        vec![0; positions]
-                    };
-                    let mut buf = OutBuf::new(&self.out, co * positions);
-                    for p in 0..positions {
-                        for o in 0..co {
-                            let y = self
-                                .weights
-                                .affine(&self.input, o, acc[p * co + o], sums[p]);
-                            buf.set(o * positions + p, self.out.finish(y));
-                        }
-                    }
-                    buf
-                },
-            )
-            .collect();
-        let mut all = OutBuf::new(&self.out, 0);
-        for b in images {
-            all.f.extend(b.f);
-            all.u.extend(b.u);
+        let co = self.weights.rows.rows;
+        let dims = [n, co, oh, ow];
+        match self.out {
+            Int8Out::Float => {
+                let y = self.images(&x, &shape, |v| v);
+                Ok(Tensor::from_vec(y, &dims[..], &Device::Cpu)?)
+            }
+            Int8Out::Quantized { quant, relu } => {
+                let y = self.images(&x, &shape, |v| {
+                    quant.quantize(if relu { v.max(0.0) } else { v })
+                });
+                u8_tensor(y, &dims)
+            }
         }
-        all.into_tensor(&self.out, &[n, co, oh, ow])
     }
 
     fn summary(&self) -> String {
@@ -403,6 +461,48 @@ pub struct Int8Linear {
     pub out: Int8Out,
 }
 
+impl Int8Linear {
+    /// Rows in fixed chunks across threads (integer sums are exact, so the split does not
+    /// matter); each chunk is padded, multiplied and finished.
+    fn rows<T: Copy + Default + Send>(
+        &self,
+        x: &[u8],
+        m: usize,
+        finish: impl Fn(f32) -> T + Sync,
+    ) -> Vec<T> {
+        const CHUNK: usize = 64;
+        let (n, k, kp) = (
+            self.weights.rows.rows,
+            self.weights.rows.cols,
+            self.weights.rows.k_padded,
+        );
+        let isa = IntIsa::detect();
+        let channels = self.weights.channels(&self.input);
+        let offsets = self.weights.offset();
+        let mut out = vec![T::default(); m * n];
+        out.par_chunks_mut(CHUNK * n)
+            .zip(x.par_chunks(CHUNK * k))
+            .for_each(|(dst, src)| {
+                let mr = src.len() / k.max(1);
+                let mut padded = vec![0u8; mr * kp];
+                for (d, s) in padded.chunks_exact_mut(kp).zip(src.chunks_exact(k)) {
+                    d[..k].copy_from_slice(s);
+                }
+                let mut acc = vec![0i32; mr * n];
+                gemm_u8i8(isa, &padded, mr, &self.weights.rows, &mut acc);
+                let sums = if offsets {
+                    row_sums(&padded, kp, k)
+                } else {
+                    vec![0; mr]
+                };
+                for (i, (y, &a)) in dst.iter_mut().zip(&acc).enumerate() {
+                    *y = finish(channels[i % n].value(a, sums[i / n]));
+                }
+            });
+        out
+    }
+}
+
 impl Cell for Int8Linear {
     fn kind(&self) -> &'static str {
         "Int8Linear"
@@ -418,39 +518,20 @@ impl Cell for Int8Linear {
             )));
         }
         let x = u8_values(&inputs[0])?;
-        let (n, kp) = (self.weights.rows.rows, self.weights.rows.k_padded);
-        let mut padded = vec![0u8; m * kp];
-        for (dst, src) in padded.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
-            dst[..k].copy_from_slice(src);
+        match self.out {
+            Int8Out::Float => {
+                let y = self.rows(&x, m, |v| v);
+                Ok(Tensor::from_vec(
+                    y,
+                    (m, self.weights.rows.rows),
+                    &Device::Cpu,
+                )?)
+            }
+            Int8Out::Quantized { quant, relu } => {
+                let y = self.rows(&x, m, |v| quant.quantize(if relu { v.max(0.0) } else { v }));
+                u8_tensor(y, &[m, self.weights.rows.rows])
+            }
         }
-        let isa = IntIsa::detect();
-        // Rows split across threads in fixed chunks; integer sums are exact.
-        let chunk = 64;
-        let parts: Vec<OutBuf> = padded
-            .par_chunks(chunk * kp)
-            .map(|rows| {
-                let mr = rows.len() / kp;
-                let mut acc = vec![0i32; mr * n];
-                gemm_u8i8(isa, rows, mr, &self.weights.rows, &mut acc);
-                let sums = if self.weights.offset() {
-                    row_sums(rows, kp, k)
-                } else {
-                    vec![0; mr]
-                };
-                let mut buf = OutBuf::new(&self.out, mr * n);
-                for (i, &a) in acc.iter().enumerate() {
-                    let y = self.weights.affine(&self.input, i % n, a, sums[i / n]);
-                    buf.set(i, self.out.finish(y));
-                }
-                buf
-            })
-            .collect();
-        let mut all = OutBuf::new(&self.out, 0);
-        for b in parts {
-            all.f.extend(b.f);
-            all.u.extend(b.u);
-        }
-        all.into_tensor(&self.out, &[m, n])
     }
 
     fn summary(&self) -> String {

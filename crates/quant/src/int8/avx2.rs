@@ -6,12 +6,12 @@
 
 use std::arch::x86_64::*;
 
-use super::Int8Rows;
+use super::{Int8Rows, Strides};
 
 /// # Safety
 /// The CPU must support AVX2; sizes as in [`super::gemm_u8i8`].
 #[target_feature(enable = "avx2")]
-pub unsafe fn gemm(a: &[u8], m: usize, b: &Int8Rows, out: &mut [i32]) {
+pub unsafe fn gemm(a: &[u8], m: usize, b: &Int8Rows, out: &mut [i32], s: Strides) {
     let (k, n) = (b.k_padded, b.rows);
     let mut i = 0;
     while i < m {
@@ -20,11 +20,11 @@ pub unsafe fn gemm(a: &[u8], m: usize, b: &Int8Rows, out: &mut [i32]) {
         while j < n {
             let nr = (n - j).min(4);
             if mr == 2 && nr == 4 {
-                block::<2, 4>(a, b, i, j, k, n, out);
+                block::<2, 4>(a, b, i, j, k, s, out);
             } else {
                 for ii in 0..mr {
                     for jj in 0..nr {
-                        block::<1, 1>(a, b, i + ii, j + jj, k, n, out);
+                        block::<1, 1>(a, b, i + ii, j + jj, k, s, out);
                     }
                 }
             }
@@ -49,7 +49,7 @@ unsafe fn block<const MR: usize, const NR: usize>(
     i: usize,
     j: usize,
     k: usize,
-    n: usize,
+    s: Strides,
     out: &mut [i32],
 ) {
     let mut acc = [[_mm256_setzero_si256(); NR]; MR];
@@ -71,7 +71,7 @@ unsafe fn block<const MR: usize, const NR: usize>(
     }
     for ii in 0..MR {
         for jj in 0..NR {
-            out[(i + ii) * n + j + jj] = hsum(acc[ii][jj]);
+            out[(i + ii) * s.row + (j + jj) * s.col] = hsum(acc[ii][jj]);
         }
     }
 }

@@ -6,13 +6,13 @@
 
 use std::arch::x86_64::*;
 
-use super::Int8Rows;
+use super::{Int8Rows, Strides};
 
 /// # Safety
 /// The CPU must support AVX-512F, AVX-512BW and AVX-512 VNNI; `a` holds `m` rows of
 /// `b.k_padded` bytes and `out` `m * b.rows` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn gemm(a: &[u8], m: usize, b: &Int8Rows, out: &mut [i32]) {
+pub unsafe fn gemm(a: &[u8], m: usize, b: &Int8Rows, out: &mut [i32], s: Strides) {
     let (k, n) = (b.k_padded, b.rows);
     let mut i = 0;
     while i < m {
@@ -21,11 +21,11 @@ pub unsafe fn gemm(a: &[u8], m: usize, b: &Int8Rows, out: &mut [i32]) {
         while j < n {
             let nr = (n - j).min(4);
             if mr == 4 && nr == 4 {
-                block::<4, 4>(a, b, i, j, k, n, out);
+                block::<4, 4>(a, b, i, j, k, s, out);
             } else {
                 for ii in 0..mr {
                     for jj in 0..nr {
-                        block::<1, 1>(a, b, i + ii, j + jj, k, n, out);
+                        block::<1, 1>(a, b, i + ii, j + jj, k, s, out);
                     }
                 }
             }
@@ -42,7 +42,7 @@ unsafe fn block<const MR: usize, const NR: usize>(
     i: usize,
     j: usize,
     k: usize,
-    n: usize,
+    s: Strides,
     out: &mut [i32],
 ) {
     let mut acc = [[_mm512_setzero_si512(); NR]; MR];
@@ -62,7 +62,7 @@ unsafe fn block<const MR: usize, const NR: usize>(
     }
     for ii in 0..MR {
         for jj in 0..NR {
-            out[(i + ii) * n + j + jj] = _mm512_reduce_add_epi32(acc[ii][jj]);
+            out[(i + ii) * s.row + (j + jj) * s.col] = _mm512_reduce_add_epi32(acc[ii][jj]);
         }
     }
 }

@@ -37,26 +37,40 @@ impl ConvShape {
 pub fn im2col_u8(image: &[u8], s: &ConvShape, zero_point: u8, k_padded: usize, rows: &mut [u8]) {
     let (oh, ow) = s.out_hw();
     let window = s.window();
+    let (kh, kw, d) = (s.kernel_h, s.kernel_w, s.dilation);
     for oy in 0..oh {
         for ox in 0..ow {
             let row = &mut rows[(oy * ow + ox) * k_padded..(oy * ow + ox + 1) * k_padded];
+            let x0 = (ox * s.stride) as isize - s.padding as isize;
+            // Whole kernel rows inside the image are copied; only the border is checked.
+            let inside_x = x0 >= 0 && x0 as usize + d * (kw - 1) < s.width;
             let mut idx = 0;
             for c in 0..s.channels {
                 let plane = &image[c * s.height * s.width..(c + 1) * s.height * s.width];
-                for ky in 0..s.kernel_h {
-                    let y = (oy * s.stride + ky * s.dilation) as isize - s.padding as isize;
-                    for kx in 0..s.kernel_w {
-                        let x = (ox * s.stride + kx * s.dilation) as isize - s.padding as isize;
-                        row[idx] = if y >= 0
-                            && x >= 0
-                            && (y as usize) < s.height
-                            && (x as usize) < s.width
-                        {
-                            plane[y as usize * s.width + x as usize]
+                for ky in 0..kh {
+                    let y = (oy * s.stride + ky * d) as isize - s.padding as isize;
+                    let dst = &mut row[idx..idx + kw];
+                    idx += kw;
+                    if y < 0 || y as usize >= s.height {
+                        dst.fill(zero_point);
+                        continue;
+                    }
+                    let line = &plane[y as usize * s.width..(y as usize + 1) * s.width];
+                    if inside_x && d == 1 {
+                        // Kernel rows are short (1 to 7): a byte loop beats a memcpy call.
+                        let src = &line[x0 as usize..x0 as usize + kw];
+                        for (v, &u) in dst.iter_mut().zip(src) {
+                            *v = u;
+                        }
+                        continue;
+                    }
+                    for (kx, v) in dst.iter_mut().enumerate() {
+                        let x = x0 + (kx * d) as isize;
+                        *v = if x >= 0 && (x as usize) < s.width {
+                            line[x as usize]
                         } else {
                             zero_point
                         };
-                        idx += 1;
                     }
                 }
             }

@@ -27,9 +27,9 @@ impl ActQuant {
     #[inline]
     pub fn quantize(&self, x: f32) -> u8 {
         let c = x.clamp(self.min, self.max);
-        ((c - self.min) / self.scale + 0.5)
-            .floor()
-            .clamp(0.0, 255.0) as u8
+        // The argument is never negative, so truncation is the floor (and, unlike `floor`
+        // without SSE4.1, inlines); `as` saturates at 255.
+        ((c - self.min) / self.scale + 0.5) as u8
     }
 
     #[inline]
@@ -126,29 +126,59 @@ impl IntIsa {
 /// `out[i * n + j] = sum_k a[i * k_padded + k] * b.data[j * k_padded + k]` for `m` rows of `a`
 /// (unsigned, rows padded like `b`'s with zeros).
 pub fn gemm_u8i8(isa: IntIsa, a: &[u8], m: usize, b: &Int8Rows, out: &mut [i32]) {
+    let strides = Strides {
+        row: b.rows,
+        col: 1,
+    };
+    gemm_u8i8_strided(isa, a, m, b, out, strides);
+}
+
+/// Where result (i, j) is stored: `out[i * row + j * col]`. A convolution stores its result
+/// transposed (channel-major), so its output needs no separate transpose.
+#[derive(Clone, Copy, Debug)]
+pub struct Strides {
+    pub row: usize,
+    pub col: usize,
+}
+
+/// [`gemm_u8i8`] with the result stored at `strides`.
+pub fn gemm_u8i8_strided(
+    isa: IntIsa,
+    a: &[u8],
+    m: usize,
+    b: &Int8Rows,
+    out: &mut [i32],
+    strides: Strides,
+) {
     let (k, n) = (b.k_padded, b.rows);
+    let last = if m == 0 || n == 0 {
+        0
+    } else {
+        (m - 1) * strides.row + (n - 1) * strides.col + 1
+    };
     assert!(
-        a.len() >= m * k && out.len() >= m * n,
+        a.len() >= m * k && out.len() >= last,
         "gemm_u8i8: operand sizes"
     );
     assert!(isa.supported(), "gemm_u8i8: {} not supported", isa.name());
     match isa {
         // SAFETY: support was checked above; the loops stay inside the checked lengths.
         #[cfg(target_arch = "x86_64")]
-        IntIsa::Avx512Vnni => unsafe { avx512vnni::gemm(a, m, b, out) },
+        IntIsa::Avx512Vnni => unsafe { avx512vnni::gemm(a, m, b, out, strides) },
         #[cfg(target_arch = "x86_64")]
-        IntIsa::Avx2 => unsafe { avx2::gemm(a, m, b, out) },
-        _ => gemm_portable(a, m, b, out),
+        IntIsa::Avx2 => unsafe { avx2::gemm(a, m, b, out, strides) },
+        _ => gemm_portable(a, m, b, out, strides),
     }
 }
 
-fn gemm_portable(a: &[u8], m: usize, b: &Int8Rows, out: &mut [i32]) {
-    let (k, n) = (b.k_padded, b.rows);
+fn gemm_portable(a: &[u8], m: usize, b: &Int8Rows, out: &mut [i32], s: Strides) {
+    let k = b.k_padded;
     for i in 0..m {
         let row = &a[i * k..(i + 1) * k];
-        for j in 0..n {
+        for j in 0..b.rows {
             let w = &b.data[j * k..(j + 1) * k];
-            out[i * n + j] = row.iter().zip(w).map(|(&x, &y)| x as i32 * y as i32).sum();
+            out[i * s.row + j * s.col] =
+                row.iter().zip(w).map(|(&x, &y)| x as i32 * y as i32).sum();
         }
     }
 }
