@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+mod common;
+
 use gstick_algo::qat::{SimQat, SimQatConfig};
 use gstick_algo::CompAlgo;
 use gstick_data::{assets_dir, load_fashion_mnist, Dataset, Split};
@@ -79,4 +81,49 @@ fn simqat_lenet5_keeps_fashion_mnist_accuracy_within_a_point() {
         (deploy - qat).abs() <= 0.002,
         "deploy {deploy} vs fake quant {qat}"
     );
+
+    // The ONNX QDQ export passes onnx.checker and ONNX Runtime predicts as our int8 network does.
+    let dir = std::env::temp_dir().join(format!("gstick-onnx-lenet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("lenet5-int8.onnx");
+    let report = gstick_algo::export::onnx::export_onnx(&net, 1, 28, 28, &model).unwrap();
+    assert!(report.nodes > 10, "{report:?}");
+    let mut images = Vec::new();
+    let mut ours = Vec::new();
+    let mut exec = gstick_nn::Executor::new(gstick_nn::Mode::Eval, 0);
+    for batch in batches(&test_set, 500, None) {
+        let (x, _) = batch.unwrap();
+        images.extend(x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let logits = exec.forward1(&net, &x).unwrap();
+        ours.extend(
+            logits
+                .argmax(1)
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap()
+                .into_iter()
+                .map(|c| c as i64),
+        );
+    }
+    common::write_f32(&dir.join("images.f32"), &images);
+    common::write_i64(&dir.join("ours.i64"), &ours);
+    let n = ours.len().to_string();
+    let v = common::python(
+        "onnx_run.py",
+        &[
+            &model,
+            &dir.join("images.f32"),
+            &n,
+            &"1",
+            &"28",
+            &"28",
+            &dir.join("ours.i64"),
+        ],
+    );
+    eprintln!("ONNX Runtime vs our int8 LeNet-5: {v}");
+    assert_eq!(v["checker"], "ok");
+    assert!(v["opset"].as_i64().unwrap() >= 19);
+    assert!(v["agreement"].as_f64().unwrap() >= 0.999, "{v}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

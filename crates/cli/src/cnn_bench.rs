@@ -20,6 +20,60 @@ pub struct CnnBenchArgs {
     /// Timed repetitions per network (the median is reported).
     #[arg(long, default_value_t = 7)]
     pub repeats: usize,
+    /// Python with onnxruntime for the ONNX Runtime baseline on the exported model (default:
+    /// python3 with .cache/pytools when present); `none` skips it.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+}
+
+/// ONNX Runtime's median milliseconds for `model` on `x`, or why it could not run.
+fn onnxruntime_ms(
+    python: &str,
+    model: &std::path::Path,
+    x: &candle_core::Tensor,
+    repeats: usize,
+) -> Result<f64> {
+    let dir = model.parent().unwrap_or(std::path::Path::new("."));
+    let images = dir.join("images.f32");
+    let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    std::fs::write(
+        &images,
+        v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>(),
+    )?;
+    let dims = x.dims4()?;
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut cmd = std::process::Command::new(python);
+    if root.join(".cache/pytools/.requirements").exists() {
+        cmd.env("PYTHONPATH", root.join(".cache/pytools"));
+    }
+    let out = cmd
+        .arg(root.join("bench/ort_cnn.py"))
+        .arg(model)
+        .arg(&images)
+        .args(
+            [
+                dims.0,
+                dims.1,
+                dims.2,
+                dims.3,
+                repeats,
+                gstick_nn::kernels::kernel_threads(),
+            ]
+            .map(|d| d.to_string()),
+        )
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or("failed")
+    );
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())?;
+    v["ms"]
+        .as_f64()
+        .ok_or_else(|| anyhow::anyhow!("no ms from ort_cnn.py"))
 }
 
 fn median_seconds(net: &Network, x: &candle_core::Tensor, repeats: usize) -> Result<f64> {
@@ -42,8 +96,12 @@ pub fn run(args: CnnBenchArgs) -> Result<()> {
         .batches(args.batch, None)
         .next()
         .ok_or_else(|| anyhow::anyhow!("no test images"))??;
-    println!("| model | batch | f32 ms | int8 ms | int8 speedup | int8 images/s |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| model | batch | f32 ms | int8 ms | int8 speedup | int8 images/s | onnxruntime int8 ms |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let tmp = std::env::temp_dir().join(format!("gstick-cnn-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
     let mut rows = Vec::new();
     for model in [ModelName::Lenet5, ModelName::Resnet20] {
         // Random weights are enough for speed; the ranges come from real images.
@@ -66,19 +124,35 @@ pub fn run(args: CnnBenchArgs) -> Result<()> {
         let f = median_seconds(&float, &x, args.repeats)?;
         let q = median_seconds(&quant, &x, args.repeats)?;
         let name = crate::train_cmd::value_name(model);
+        let ort = if args.python == "none" {
+            None
+        } else {
+            let path = tmp.join(format!("{name}.onnx"));
+            let _ = std::fs::remove_file(&path);
+            gstick_algo::export::onnx::export_onnx(&quant, 1, 28, 28, &path)?;
+            match onnxruntime_ms(&args.python, &path, &x, args.repeats) {
+                Ok(ms) => Some(ms),
+                Err(e) => {
+                    eprintln!("onnxruntime baseline skipped: {e}");
+                    None
+                }
+            }
+        };
         println!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2}x | {:.0} |",
+            "| {name} | {} | {:.2} | {:.2} | {:.2}x | {:.0} | {} |",
             args.batch,
             f * 1e3,
             q * 1e3,
             f / q,
-            args.batch as f64 / q
+            args.batch as f64 / q,
+            ort.map_or("-".into(), |ms| format!("{ms:.2}"))
         );
         rows.push(
             serde_json::json!({"model": name, "batch": args.batch, "f32_ms": f * 1e3,
-            "int8_ms": q * 1e3, "int8_speedup": f / q}),
+            "int8_ms": q * 1e3, "int8_speedup": f / q, "onnxruntime_int8_ms": ort}),
         );
     }
+    let _ = std::fs::remove_dir_all(&tmp);
     println!(
         "{}",
         serde_json::json!({"bench": "cnn-int8", "int_isa": gstick_quant::int8::IntIsa::detect().name(),

@@ -59,7 +59,8 @@ pub struct QatArgs {
     pub bn_fold: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output directory (must not exist): float and fake-quantized checkpoints, report.json.
+    /// Output directory (must not exist): float and fake-quantized checkpoints, the int8 network
+    /// as ONNX QDQ (model.onnx), report.json.
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long)]
@@ -163,10 +164,20 @@ fn simqat_config(recipe: Option<&Path>, bn_fold: bool) -> Result<SimQatConfig> {
     Ok(config)
 }
 
-/// Writes the output directory atomically: checkpoints and the report.
-fn write_out(out: &Path, files: &[(&str, &Network)], report: &serde_json::Value) -> Result<()> {
+/// Writes the output directory atomically: checkpoints, the int8 deploy network as ONNX QDQ
+/// (`model.onnx`) and the report.
+fn write_out(
+    out: &Path,
+    files: &[(&str, &Network)],
+    deploy: &Network,
+    input: (usize, usize, usize),
+    report: &serde_json::Value,
+) -> Result<()> {
     write_dir_atomically(out, |dir| {
         let mut written = Vec::new();
+        let (c, h, w) = input;
+        gstick_algo::export::onnx::export_onnx(deploy, c, h, w, &dir.join("model.onnx"))?;
+        written.push("model.onnx".to_string());
         for (name, net) in files {
             checkpoint::save(net, &dir.join(name)).map_err(gstick_algo::Error::Nn)?;
             written.push(name.to_string());
@@ -277,6 +288,8 @@ pub fn qat(args: QatArgs) -> Result<()> {
     write_out(
         &args.out,
         &[("fp32.safetensors", &float), ("qat.safetensors", &net)],
+        &deploy,
+        (test_set.channels, test_set.height, test_set.width),
         &report,
     )?;
     print(&report, args.json);
@@ -357,7 +370,13 @@ pub fn ptq_cnn(args: PtqCnnArgs) -> Result<()> {
         "samples": test_set.len(),
         "out": args.out.display().to_string(),
     });
-    write_out(&args.out, &[("ptq.safetensors", &net)], &report)?;
+    write_out(
+        &args.out,
+        &[("ptq.safetensors", &net)],
+        &deploy,
+        (test_set.channels, test_set.height, test_set.width),
+        &report,
+    )?;
     print(&report, args.json);
     Ok(())
 }

@@ -467,7 +467,12 @@ fn qat_and_ptq_cnn_report_float_fake_quant_and_int8_accuracy() {
     );
     assert!(fp32 > 0.6 && deploy > fp32 - 0.03, "{v}");
     assert!(v["quant_accuracy"].as_f64().is_some());
-    for f in ["fp32.safetensors", "qat.safetensors", "report.json"] {
+    for f in [
+        "fp32.safetensors",
+        "qat.safetensors",
+        "model.onnx",
+        "report.json",
+    ] {
         assert!(out.join(f).exists(), "{f}");
     }
     let (ok, _, err) = gstick(&["qat", "--out", out.to_str().unwrap()]);

@@ -7,6 +7,7 @@
 pub mod gguf;
 pub mod gs;
 pub mod hf_gptq;
+pub mod onnx;
 
 use std::borrow::Cow;
 use std::path::Path;
