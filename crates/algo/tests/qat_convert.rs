@@ -237,3 +237,45 @@ fn resnet20_int8_deploy_matches_fake_quant_for_each_batchnorm_treatment() {
         );
     }
 }
+
+#[test]
+fn lsq_lenet_converts_to_int8_like_simqat() {
+    let mut net = lenet5(10, &mut gstick_nn::rng(0)).unwrap();
+    let mut config = SimQatConfig::default();
+    config.set_weight_narrow_range(true);
+    let mut algo = SimQat::lsq(config).unwrap();
+    assert_eq!(algo.name(), "LearnedStepSizeQuantizationAwareTraining");
+    algo.apply(&mut net).unwrap();
+    // The learned ranges are trainable parameters.
+    let names: Vec<String> = gstick_nn::named_params(&net)
+        .into_iter()
+        .filter(|(_, p)| p.is_trainable())
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "conv1.weight_quant.maxq"),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n == "relu1_quant.maxq"), "{names:?}");
+    warm_up(&net);
+    let x = batch(99, 64);
+    let n = {
+        let id = net.get("relu4_quant").unwrap();
+        let cell = net.node(id).unwrap().cell().unwrap();
+        let fq = gstick_nn::cell::downcast::<gstick_algo::qat::FakeQuant>(cell.as_ref()).unwrap();
+        fq.quantizer.nudged().unwrap()[0]
+    };
+    assert_eq!(n.min, 0.0, "ReLU outputs use the unsigned grid");
+    let fake = captured(&net, "relu4_quant", &x, None);
+    let mut deploy = net.clone();
+    algo.convert(&mut deploy).unwrap();
+    let got = captured(&deploy, "relu4_quant", &x, Some((n.scale, n.min)));
+    let (share, _) = agreement(&got, &fake, n.scale);
+    assert!(share >= 0.999, "{share}");
+    // A non-narrow weight range is refused, naming the field.
+    let e = SimQat::lsq(SimQatConfig::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.starts_with("narrow_range"), "{e}");
+}

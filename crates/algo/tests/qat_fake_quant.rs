@@ -301,3 +301,54 @@ fn each_batchnorm_treatment_trains_and_evaluates_as_specified() {
         "{a:?} {b:?}"
     );
 }
+
+#[test]
+fn lsq_quantizes_with_its_learned_step_and_gets_the_paper_gradients() {
+    let dev = Device::Cpu;
+    let config = FakeQuantConfig {
+        bits: 4,
+        symmetric: true,
+        narrow: true,
+        learned_step: true,
+        ..FakeQuantConfig::activation()
+    };
+    let q = FakeQuantizer::new(config, 1).unwrap();
+    let l = q.learned.as_ref().unwrap();
+    let x = Var::new(&[-3.0f32, -0.4, 0.2, 0.9, 5.0], &dev).unwrap();
+    // The first training call initializes: signed values, so q_max = 7 and
+    // maxq = 2 mean|x| sqrt(7).
+    q.forward(x.as_tensor(), Mode::Train).unwrap();
+    let mean_abs = (3.0 + 0.4 + 0.2 + 0.9 + 5.0) / 5.0f32;
+    let maxq = l.maxq.tensor().to_vec1::<f32>().unwrap()[0];
+    assert!(close(maxq, 2.0 * mean_abs * 7f32.sqrt()), "{maxq}");
+    // Step 0.5: v = x / s = [-6, -0.8, 0.4, 1.8, 10] -> clamp to 7 -> round half up.
+    l.maxq.set(&Tensor::new(&[3.5f32], &dev).unwrap()).unwrap();
+    let y = q.forward(x.as_tensor(), Mode::Train).unwrap();
+    assert_eq!(y.to_vec1::<f32>().unwrap(), vec![-3.0, -0.5, 0.0, 1.0, 3.5]);
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    let gx: Vec<f32> = grads.get(&x).unwrap().to_vec1().unwrap();
+    assert_eq!(
+        gx,
+        vec![1.0, 1.0, 1.0, 1.0, 0.0],
+        "straight through inside the range"
+    );
+    // d out / d s = round(v) - v inside (0, -0.2, -0.4, 0.2) plus the bound 7 outside: 6.6;
+    // scaled by g = 1 / sqrt(5 * 7) and by d s / d maxq = 1 / 7.
+    let gm = grads
+        .get(l.maxq.var().as_tensor())
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0];
+    let want = 6.6 / (35f32).sqrt() / 7.0;
+    assert!((gm - want).abs() < 1e-5, "{gm} vs {want}");
+    // Its grid for convert: narrow symmetric, zero point q_max + 1 on the unsigned grid.
+    let n = q.nudged().unwrap()[0];
+    assert_eq!((n.scale, n.zero_point, n.max, n.min), (0.5, 8.0, 3.5, -3.5));
+    // Non-negative inputs switch to the unsigned grid (neg_trunc): q_max = 15.
+    let u = FakeQuantizer::new(config, 1).unwrap();
+    let pos = Tensor::new(&[0.0f32, 1.0, 2.0], &dev).unwrap();
+    u.forward(&pos, Mode::Train).unwrap();
+    let n = u.nudged().unwrap()[0];
+    assert_eq!(n.min, 0.0);
+    assert!(close(n.max / n.scale, 15.0));
+}

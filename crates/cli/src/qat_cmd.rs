@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use gstick_algo::export::{write_dir_atomically, ExportReport};
-use gstick_algo::qat::{calibrate, CalibMethod, SimQat, SimQatConfig};
+use gstick_algo::qat::{calibrate, CalibMethod, SimQat, SimQatConfig, Slb, SlbBits, SlbConfig};
 use gstick_algo::CompAlgo;
 use gstick_data::{Dataset, Split};
 use gstick_nn::optim::AdamW;
@@ -22,6 +22,25 @@ use crate::models::{self, ModelName};
 pub enum QatAlgo {
     /// Simulated quantization-aware training (int8 activations and weights).
     Simqat,
+    /// Learned step size quantization (int8, trained ranges; weights narrow symmetric).
+    Lsq,
+    /// Searching for low-bit weights: conv weights on a 1, 2 or 4-bit set (--weight-bits).
+    Slb,
+}
+
+/// SLB's configuration from a TOML or YAML file.
+fn load_slb_config(path: &Path) -> Result<SlbConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: SlbConfig = match path.extension().and_then(|e| e.to_str()) {
+        Some("yaml" | "yml") => serde_yaml_ng::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("recipe {}: {e}", path.display()))?,
+        _ => {
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("recipe {}: {e}", path.display()))?
+        }
+    };
+    config.validate()?;
+    Ok(config)
 }
 
 #[derive(Args)]
@@ -43,9 +62,14 @@ pub struct QatArgs {
     /// Quantization-aware training epochs.
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
-    /// Learning rate of the quantization-aware epochs (the float epochs use 1e-3).
-    #[arg(long, default_value_t = 1e-4)]
-    pub lr: f64,
+    /// Learning rate of the quantization-aware epochs (default 1e-4 for simqat and lsq, which
+    /// fine-tune; 1e-3 for slb, which trains its weight choices from scratch). The float epochs
+    /// use 1e-3.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// SLB weight width: 1, 2 or 4 bits.
+    #[arg(long, default_value_t = 2)]
+    pub weight_bits: u32,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Train on the first N training samples only.
@@ -120,6 +144,18 @@ fn train(
     batch: usize,
     seed: u64,
 ) -> Result<()> {
+    train_with(net, data, epochs, lr, batch, seed, Vec::new())
+}
+
+fn train_with(
+    net: &mut Network,
+    data: &Dataset,
+    epochs: usize,
+    lr: f64,
+    batch: usize,
+    seed: u64,
+    callbacks: Vec<Box<dyn gstick_nn::train::Callback>>,
+) -> Result<()> {
     if epochs == 0 {
         return Ok(());
     }
@@ -131,6 +167,7 @@ fn train(
     let mut trainer = Trainer::new(Box::new(AdamW::new(0.0)), schedule);
     trainer.seed = seed;
     trainer.progress = Progress::Auto;
+    trainer.callbacks = callbacks;
     let steps = data.num_batches(batch);
     trainer.fit(net, epochs, steps, |epoch| {
         data.batches(batch, Some((seed, epoch)))
@@ -222,7 +259,11 @@ pub fn qat(args: QatArgs) -> Result<()> {
     if args.model == ModelName::CcexamMnist {
         bail!("ccexam-mnist is pretrained; use `gstick ptq-cnn` for it, or `--model mnistnet`");
     }
-    let config = simqat_config(args.recipe.as_deref(), args.bn_fold)?;
+    // A recipe is SimQAT's (simqat, lsq) or SLB's configuration.
+    let config = match args.algo {
+        QatAlgo::Slb => SimQatConfig::default(),
+        _ => simqat_config(args.recipe.as_deref(), args.bn_fold)?,
+    };
     let mut train_set = datasets::load(args.dataset, Split::Train, args.data_dir.as_ref())?;
     if let Some(n) = args.limit {
         train_set = train_set.take(n);
@@ -251,16 +292,61 @@ pub fn qat(args: QatArgs) -> Result<()> {
     let float = models::build(args.model, train_set.channels, classes, args.seed, None)?;
     copy_params(&net, &float)?;
 
-    let mut algo = SimQat::new(config)?;
+    // The algorithm and the network it trains: SimQAT and LSQ fine-tune the float network; SLB
+    // searches its discrete weights from a fresh network (choice scores replace the weights).
+    let (mut algo, config_json, mut callbacks): (Box<dyn CompAlgo>, serde_json::Value, _) =
+        match args.algo {
+            QatAlgo::Simqat => {
+                let algo = SimQat::new(config)?;
+                let json = serde_json::to_value(&algo.config).unwrap_or_default();
+                (Box::new(algo), json, Vec::new())
+            }
+            QatAlgo::Lsq => {
+                let mut config = config;
+                config.set_weight_narrow_range(true);
+                let algo = SimQat::lsq(config)?;
+                let json = serde_json::to_value(&algo.config).unwrap_or_default();
+                (Box::new(algo), json, Vec::new())
+            }
+            QatAlgo::Slb => {
+                let mut config = match &args.recipe {
+                    Some(p) => load_slb_config(p)?,
+                    None => SlbConfig::default(),
+                };
+                config.weight_quant_dtype = match args.weight_bits {
+                    1 => SlbBits::Int1,
+                    2 => SlbBits::Int2,
+                    4 => SlbBits::Int4,
+                    b => bail!("--weight-bits {b}: SLB searches 1, 2 or 4-bit weights"),
+                };
+                config.epoch_size = args.epochs as i64;
+                config.has_trained_epoch = 0;
+                config.seed = args.seed;
+                let algo = Slb::new(config.clone())?;
+                let callbacks = algo.callbacks()?;
+                net = models::build(args.model, train_set.channels, classes, args.seed, None)?;
+                (
+                    Box::new(algo),
+                    serde_json::to_value(&config).unwrap_or_default(),
+                    callbacks,
+                )
+            }
+        };
     algo.apply(&mut net)?;
+    let lr = args.lr.unwrap_or(if args.algo == QatAlgo::Slb {
+        1e-3
+    } else {
+        1e-4
+    });
     let t = Instant::now();
-    train(
+    train_with(
         &mut net,
         &train_set,
         args.epochs,
-        args.lr,
+        lr,
         args.batch_size,
         args.seed,
+        std::mem::take(&mut callbacks),
     )?;
     let qat_seconds = t.elapsed().as_secs_f64();
     let quant = accuracy(&net, &test_set)?;
@@ -274,7 +360,7 @@ pub fn qat(args: QatArgs) -> Result<()> {
     let deployed = accuracy(&deploy, &test_set)?;
     let report = serde_json::json!({
         "model": crate::train_cmd::value_name(args.model),
-        "algo": "simqat",
+        "algo": crate::train_cmd::value_name(args.algo),
         "dataset": crate::train_cmd::value_name(args.dataset),
         "fp32_accuracy": fp32,
         "quant_accuracy": quant,
@@ -282,7 +368,8 @@ pub fn qat(args: QatArgs) -> Result<()> {
         "fp32_epochs": if args.checkpoint.is_some() { 0 } else { args.fp32_epochs },
         "qat_epochs": args.epochs,
         "seconds": {"fp32": fp32_seconds, "qat": qat_seconds, "deploy_eval": t.elapsed().as_secs_f64()},
-        "config": serde_json::to_value(&algo.config).unwrap_or_default(),
+        "config": config_json,
+        "lr": lr,
         "out": args.out.display().to_string(),
     });
     write_out(

@@ -11,8 +11,14 @@ use gstick_nn::{Cell, CellCtx, Mode, Param};
 
 use super::fake_quant::{FakeQuantConfig, FakeQuantizer};
 
-const WEIGHT_FQ: &[&str; 3] = &["weight_quant.min", "weight_quant.max", "weight_quant.steps"];
-const ACT_FQ: &[&str; 3] = &["min", "max", "steps"];
+const WEIGHT_FQ: &[&str; 5] = &[
+    "weight_quant.min",
+    "weight_quant.max",
+    "weight_quant.steps",
+    "weight_quant.maxq",
+    "weight_quant.neg_trunc",
+];
+const ACT_FQ: &[&str; 5] = &["min", "max", "steps", "maxq", "neg_trunc"];
 
 fn conv_with(conv: &Conv2d, x: &Tensor, w: &Tensor) -> gstick_nn::Result<Tensor> {
     let c = conv.config;

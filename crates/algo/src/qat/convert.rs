@@ -28,10 +28,17 @@ enum Form {
     Int8(ActQuant),
 }
 
+/// The integer that stands for 0 when values are counted from the range's bottom
+/// (u = (x - min) / scale): the nudged zero point minus the grid's lowest integer, which differs
+/// from the zero point itself on a narrow grid.
+fn zero_offset(n: &Nudged) -> f32 {
+    (-n.min / n.scale).round()
+}
+
 fn act_quant(n: &Nudged) -> ActQuant {
     ActQuant {
         scale: n.scale,
-        zero_point: n.zero_point.clamp(0.0, 255.0) as u8,
+        zero_point: zero_offset(n).clamp(0.0, 255.0) as u8,
         min: n.min,
         max: n.max,
     }
@@ -72,7 +79,7 @@ fn int_weights(
             let u = ((c - n.min) / n.scale + 0.5).floor().clamp(0.0, 255.0);
             ints.push((u as i32 - 128) as i8);
         }
-        zero_points.push(n.zero_point as i32 - 128);
+        zero_points.push(zero_offset(&n) as i32 - 128);
         scales.push(n.scale);
     }
     Ok(Int8Weights {

@@ -19,6 +19,8 @@ pub struct FakeQuantConfig {
     pub ema_decay: f32,
     /// Training calls before fake quantization starts (identity until then).
     pub quant_delay: u64,
+    /// LSQ: the range is a trained parameter instead of tracked min/max.
+    pub learned_step: bool,
 }
 
 impl FakeQuantConfig {
@@ -32,6 +34,7 @@ impl FakeQuantConfig {
             ema: false,
             ema_decay: 0.999,
             quant_delay: 0,
+            learned_step: false,
         }
     }
 
@@ -170,6 +173,8 @@ pub struct FakeQuantizer {
     pub min: Param,
     pub max: Param,
     pub steps: Param,
+    /// LSQ's trained range, replacing the min/max tracking when present.
+    pub learned: Option<super::lsq::LearnedStep>,
 }
 
 impl FakeQuantizer {
@@ -182,6 +187,11 @@ impl FakeQuantizer {
             min: Param::buffer(Tensor::full(-6f32, n, &dev)?)?,
             max: Param::buffer(Tensor::full(6f32, n, &dev)?)?,
             steps: Param::buffer(Tensor::zeros(1, DType::F64, &dev)?)?,
+            learned: if config.learned_step {
+                Some(super::lsq::LearnedStep::new(n)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -191,6 +201,9 @@ impl FakeQuantizer {
 
     /// The nudged range of each channel (one when per tensor).
     pub fn nudged(&self) -> gstick_nn::Result<Vec<Nudged>> {
+        if let Some(l) = &self.learned {
+            return l.nudged(&self.config);
+        }
         let min: Vec<f32> = self.min.tensor().to_vec1()?;
         let max: Vec<f32> = self.max.tensor().to_vec1()?;
         Ok(min
@@ -207,6 +220,9 @@ impl FakeQuantizer {
 
     /// Sets the range to that of `x` (no EMA): how post-training calibration fixes weight ranges.
     pub fn set_range(&self, x: &Tensor) -> gstick_nn::Result<()> {
+        if let Some(l) = &self.learned {
+            return l.initialize(x, &self.config);
+        }
         let (lo, hi) = self.batch_range(x)?;
         self.min.set(&lo)?;
         self.max.set(&hi)?;
@@ -248,6 +264,20 @@ impl FakeQuantizer {
     /// Training: observe the batch, count the call, and fake-quantize once the delay has
     /// passed. Evaluation: fake-quantize with the stored range.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> gstick_nn::Result<Tensor> {
+        if let Some(l) = &self.learned {
+            if mode == Mode::Train {
+                let steps = self.steps()? + 1;
+                if steps == 1 {
+                    l.initialize(x, &self.config)?;
+                }
+                self.steps
+                    .set(&Tensor::full(steps as f64, 1, &Device::Cpu)?)?;
+                if steps <= self.config.quant_delay {
+                    return Ok(x.clone());
+                }
+            }
+            return l.forward(x, mode, &self.config);
+        }
         if mode == Mode::Train {
             self.observe(x)?;
             let steps = self.steps()? + 1;
@@ -266,26 +296,34 @@ impl FakeQuantizer {
         Ok(x.contiguous()?.apply_op1(FakeQuantOp { ranges, run })?)
     }
 
-    /// The buffers under their names (`min`, `max`, `steps`) with a prefix.
+    /// The state under `names` (`min`, `max`, `steps`, and for LSQ `maxq`, `neg_trunc`).
     pub fn params<'a>(
         &'a self,
-        prefix: &'static [&'static str; 3],
+        names: &'static [&'static str; 5],
     ) -> Vec<(&'static str, &'a Param)> {
-        vec![
-            (prefix[0], &self.min),
-            (prefix[1], &self.max),
-            (prefix[2], &self.steps),
-        ]
+        let mut p = vec![
+            (names[0], &self.min),
+            (names[1], &self.max),
+            (names[2], &self.steps),
+        ];
+        if let Some(l) = &self.learned {
+            p.extend([(names[3], &l.maxq), (names[4], &l.neg_trunc)]);
+        }
+        p
     }
 
     pub fn params_mut<'a>(
         &'a mut self,
-        prefix: &'static [&'static str; 3],
+        names: &'static [&'static str; 5],
     ) -> Vec<(&'static str, &'a mut Param)> {
-        vec![
-            (prefix[0], &mut self.min),
-            (prefix[1], &mut self.max),
-            (prefix[2], &mut self.steps),
-        ]
+        let mut p = vec![
+            (names[0], &mut self.min),
+            (names[1], &mut self.max),
+            (names[2], &mut self.steps),
+        ];
+        if let Some(l) = &mut self.learned {
+            p.extend([(names[3], &mut l.maxq), (names[4], &mut l.neg_trunc)]);
+        }
+        p
     }
 }

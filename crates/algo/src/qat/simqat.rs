@@ -97,6 +97,9 @@ pub struct SimQatConfig {
     pub freeze_bn: u64,
     /// Cell kind -> policy; wins over the built-in map.
     pub custom_policies: BTreeMap<String, LayerPolicy>,
+    /// LSQ quantizers (trained ranges); set by [`SimQat::lsq`], not a recipe key.
+    #[serde(skip)]
+    pub learned_step: bool,
 }
 
 impl Default for SimQatConfig {
@@ -118,6 +121,7 @@ impl Default for SimQatConfig {
             one_conv_fold: true,
             freeze_bn: 10_000_000,
             custom_policies: BTreeMap::new(),
+            learned_step: false,
         }
     }
 }
@@ -225,6 +229,7 @@ impl SimQatConfig {
             ema: false,
             ema_decay: 0.999,
             quant_delay: self.quant_delay.act,
+            learned_step: self.learned_step,
         }
     }
 
@@ -237,6 +242,7 @@ impl SimQatConfig {
             ema: false,
             ema_decay: 0.999,
             quant_delay: self.quant_delay.weight,
+            learned_step: self.learned_step,
         }
     }
 
@@ -280,6 +286,20 @@ impl SimQat {
             config,
             custom_transforms: Vec::new(),
         })
+    }
+
+    /// LSQ (spec §2.11): SimQAT's rewrite with learned-step quantizers. Weights must be
+    /// symmetric with a narrow range (activations that are never negative use the unsigned
+    /// grid, the original's neg_trunc).
+    pub fn lsq(mut config: SimQatConfig) -> Result<Self, ConfigError> {
+        if !config.symmetric.weight {
+            return Err(invalid("symmetric", "LSQ quantizes weights symmetrically"));
+        }
+        if !config.narrow_range.weight {
+            return Err(invalid("narrow_range", "LSQ needs a narrow weight range"));
+        }
+        config.learned_step = true;
+        Self::new(config)
     }
 }
 
@@ -482,7 +502,11 @@ fn not_a(kind: &str, wanted: &str, g: &Network, id: NodeId) -> crate::Error {
 
 impl CompAlgo for SimQat {
     fn name(&self) -> &'static str {
-        "SimulatedQuantizationAwareTraining"
+        if self.config.learned_step {
+            "LearnedStepSizeQuantizationAwareTraining"
+        } else {
+            "SimulatedQuantizationAwareTraining"
+        }
     }
 
     fn apply(&mut self, net: &mut Network) -> crate::Result<()> {

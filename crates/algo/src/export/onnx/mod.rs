@@ -305,6 +305,23 @@ impl Builder {
                 ],
             ));
         }
+        if let Some(p) = downcast::<gstick_nn::cells::Pool2d>(cell) {
+            let op = match p.kind {
+                gstick_nn::cells::PoolKind::Max => "MaxPool",
+                gstick_nn::cells::PoolKind::Avg => "AveragePool",
+            };
+            let (k, s, pad) = (p.kernel as i64, p.stride as i64, p.padding as i64);
+            let mut attrs = vec![
+                ints("kernel_shape", &[k, k]),
+                ints("strides", &[s, s]),
+                ints("pads", &[pad; 4]),
+            ];
+            if p.kind == gstick_nn::cells::PoolKind::Avg {
+                // Padding counts as zeros in our average, as in PyTorch.
+                attrs.push(int("count_include_pad", 1));
+            }
+            return Ok(self.node(op, name, &[x], attrs));
+        }
         if let Some(f) = downcast::<Flatten>(cell) {
             if f.start_dim != 1 {
                 return Err(unsupported());
