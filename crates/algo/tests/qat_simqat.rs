@@ -236,3 +236,29 @@ fn simqat_configuration_checks_name_their_field() {
     assert!(e.contains("bn_fould"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn custom_transforms_run_after_fusion_and_before_the_policies() {
+    use gstick_nn::cells::{Activation, ActivationKind};
+    use gstick_rewrite::{Arg, NewNode};
+    let mut net = lenet5(10, &mut gstick_nn::rng(0)).unwrap();
+    let mut algo = SimQat::new(SimQatConfig::default()).unwrap();
+    // Swap relu1 for a ReLU6; the activation policy then quantizes its output too.
+    algo.custom_transforms.push(Box::new(|g: &mut Network| {
+        let id = g.get("relu1").unwrap();
+        let input = g.node(id)?.inputs()[0];
+        g.replace(
+            id,
+            vec![NewNode::cell(
+                "relu1",
+                Box::new(Activation(ActivationKind::Relu6)) as Box<dyn gstick_nn::Cell>,
+                vec![Arg::Node(input)],
+            )],
+        )?;
+        Ok(true)
+    }));
+    algo.apply(&mut net).unwrap();
+    let k = kinds(&net);
+    assert_eq!(kind_of(&k, "relu1"), "ReLU6");
+    assert_eq!(kind_of(&k, "relu1_quant"), "FakeQuant");
+}

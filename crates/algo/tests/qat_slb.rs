@@ -173,3 +173,57 @@ fn slb_searches_conv_weights_and_converts_to_the_discrete_ones() {
         .unwrap();
     assert_eq!(diff, 0.0);
 }
+
+#[test]
+fn bn_recalibration_reestimates_running_statistics_after_the_search_starts() {
+    use gstick_algo::qat::slb::BnCalibration;
+    use gstick_models::{resnet, ResNetConfig};
+    let mut net = resnet(&ResNetConfig::resnet20(1, 10), &mut gstick_nn::rng(0)).unwrap();
+    let config = SlbConfig {
+        weight_quant_dtype: SlbBits::Int4,
+        enable_bn_calibration: true,
+        epoch_size: 10,
+        has_trained_epoch: 0,
+        ..Default::default()
+    };
+    Slb::new(config.clone()).unwrap().apply(&mut net).unwrap();
+    let mean = |net: &gstick_nn::Network| -> Vec<f32> {
+        gstick_nn::named_params(net)
+            .into_iter()
+            .find(|(n, _)| n == "bn1.running_mean")
+            .unwrap()
+            .1
+            .tensor()
+            .to_vec1()
+            .unwrap()
+    };
+    let x = gstick_nn::init::uniform(&[8, 1, 28, 28], 1.0, &mut gstick_nn::rng(2)).unwrap();
+    let mut cb = BnCalibration {
+        config,
+        batches: vec![x],
+    };
+    let report = gstick_nn::train::EpochReport {
+        epoch: 1,
+        loss: 0.0,
+        train_accuracy: 0.0,
+        lr: 0.0,
+        samples: 0,
+        seconds: 0.0,
+        images_per_s: 0.0,
+    };
+    use gstick_nn::train::Callback;
+    let before = mean(&net);
+    for (epoch, moves) in [(1usize, false), (3, true)] {
+        let mut state = gstick_nn::train::TrainState {
+            net: &mut net,
+            epoch,
+            epochs: 10,
+            step: 0,
+            lr: 0.0,
+            loss: None,
+            stop: false,
+        };
+        cb.on_epoch_end(&mut state, &report).unwrap();
+        assert_eq!(mean(&net) != before, moves, "epoch {epoch}");
+    }
+}

@@ -323,7 +323,19 @@ pub fn qat(args: QatArgs) -> Result<()> {
                 config.has_trained_epoch = 0;
                 config.seed = args.seed;
                 let algo = Slb::new(config.clone())?;
-                let callbacks = algo.callbacks()?;
+                let mut callbacks = algo.callbacks()?;
+                if config.enable_bn_calibration {
+                    // BN statistics are re-estimated on the first 8 training batches.
+                    let batches = train_set
+                        .batches(args.batch_size, None)
+                        .take(8)
+                        .map(|b| b.map(|(x, _)| x))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    callbacks.push(Box::new(gstick_algo::qat::slb::BnCalibration {
+                        config: config.clone(),
+                        batches,
+                    }));
+                }
                 net = models::build(args.model, train_set.channels, classes, args.seed, None)?;
                 (
                     Box::new(algo),
