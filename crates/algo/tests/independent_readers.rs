@@ -4,7 +4,8 @@
 //! for. Python comes from `.cache/pytools`, installed by `scripts/fetch-assets.sh`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
 
 use gstick_algo::export::{gguf::write_gguf, hf_gptq};
 use gstick_algo::pipeline::{quantize_lm, PipelineOptions, QuantizedLm};
@@ -18,40 +19,19 @@ use gstick_models::tokenizer::tokenizer_from_gguf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+/// Runs a check script with our paths and names as arguments.
+fn python(script: &str, paths: &[&Path], names: &[String]) -> serde_json::Value {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = Vec::new();
+    for p in paths {
+        args.push(p);
+    }
+    for n in names {
+        args.push(n);
+    }
+    common::python(script, &args)
 }
 
-/// Runs `scripts/check/SCRIPT ARGS` with the pinned test tools; its last stdout line is JSON.
-fn python(script: &str, args: &[&Path], names: &[String]) -> serde_json::Value {
-    let tools = root().join(".cache/pytools");
-    assert!(
-        tools.join(".requirements").exists(),
-        "run scripts/fetch-assets.sh (it installs the Python test tools into .cache/pytools)"
-    );
-    let out = Command::new("python3")
-        .env("PYTHONPATH", &tools)
-        .arg(root().join("scripts/check").join(script))
-        .args(args)
-        .args(names)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
+use common::read_f32;
 
 fn quantize(gguf: &Gguf, config: &LlamaConfig, ptq: &PtqConfig) -> QuantizedLm {
     let tokenizer = tokenizer_from_gguf(gguf).unwrap();
