@@ -170,3 +170,36 @@ fn im2col_equals_a_plain_window_walk_for_strides_dilations_and_padding() {
         }
     }
 }
+
+#[test]
+fn channels_last_unfolding_with_reordered_weights_gives_the_same_products() {
+    use gstick_quant::int8::im2col::{im2col_hwc_u8, reorder_to_taps, to_hwc};
+    let s = ConvShape {
+        channels: 16,
+        height: 6,
+        width: 5,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 2,
+        padding: 1,
+        dilation: 1,
+    };
+    let image = bytes(4, 16 * 6 * 5);
+    let (oh, ow) = s.out_hw();
+    let k = s.window();
+    let w: Vec<i8> = bytes(5, 8 * k).into_iter().map(|b| b as i8).collect();
+    let chw_rows = Int8Rows::new(&w, 8, k);
+    let tap_rows = Int8Rows::new(&reorder_to_taps(&w, 8, 16, 3, 3), 8, k);
+    let kp = chw_rows.k_padded;
+    let mut a = vec![0u8; oh * ow * kp];
+    im2col_u8(&image, &s, 9, kp, &mut a);
+    let mut hwc = vec![0u8; image.len()];
+    to_hwc(&image, 16, 6, 5, &mut hwc);
+    let mut b = vec![0u8; oh * ow * kp];
+    im2col_hwc_u8(&hwc, &s, 9, kp, &mut b);
+    let (mut x, mut y) = (vec![0i32; oh * ow * 8], vec![0i32; oh * ow * 8]);
+    gemm_u8i8(IntIsa::Portable, &a, oh * ow, &chw_rows, &mut x);
+    gemm_u8i8(IntIsa::Portable, &b, oh * ow, &tap_rows, &mut y);
+    assert_eq!(x, y);
+    assert_eq!(chw_rows.row_sums, tap_rows.row_sums);
+}

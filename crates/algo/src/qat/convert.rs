@@ -326,6 +326,7 @@ impl Converter {
                     stride: c.stride,
                     padding: c.padding,
                     dilation: c.dilation,
+                    taps: Default::default(),
                 };
                 self.replace(g, id, Box::new(cell))?;
             }

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use gstick_nn::error::expect_inputs;
 use gstick_nn::{Cell, CellCtx};
-use gstick_quant::int8::im2col::{im2col_u8, ConvShape};
+use gstick_quant::int8::im2col::{im2col_hwc_u8, im2col_u8, reorder_to_taps, to_hwc, ConvShape};
 use gstick_quant::int8::{gemm_u8i8, gemm_u8i8_strided, ActQuant, Int8Rows, IntIsa, Strides};
 use rayon::prelude::*;
 
@@ -342,9 +342,28 @@ pub struct Int8Conv2d {
     pub stride: usize,
     pub padding: usize,
     pub dilation: usize,
+    /// The weights in (ky, kx, channel) order for channels-last unfolding, made on first use.
+    pub taps: std::sync::Arc<std::sync::OnceLock<Int8Rows>>,
 }
 
+/// Channels from which unfolding goes through a channels-last copy (runs of this many bytes
+/// beat single-byte gathers).
+const HWC_MIN_CHANNELS: usize = 4;
+
 impl Int8Conv2d {
+    fn tap_rows(&self) -> &Int8Rows {
+        self.taps.get_or_init(|| {
+            let w = &self.weights.rows;
+            let mut values = Vec::with_capacity(w.rows * w.cols);
+            for r in 0..w.rows {
+                values.extend_from_slice(&w.data[r * w.k_padded..r * w.k_padded + w.cols]);
+            }
+            let channels = w.cols / (self.kernel.0 * self.kernel.1);
+            let taps = reorder_to_taps(&values, w.rows, channels, self.kernel.0, self.kernel.1);
+            Int8Rows::new(&taps, w.rows, w.cols)
+        })
+    }
+
     /// Every image: unfold, multiply (stored channel-major), then `finish` each channel's
     /// dequantized value. One image per task; integer sums make the result independent of how
     /// images are split across threads.
@@ -367,34 +386,60 @@ impl Int8Conv2d {
         let isa = IntIsa::detect();
         let channels = self.weights.channels(&self.input);
         let offsets = self.weights.offset();
-        out.par_chunks_mut(co * positions)
-            .zip(x.par_chunks(image_len))
-            .for_each_init(
-                || (vec![0u8; positions * kp], vec![0i32; positions * co]),
-                |(rows, acc), (dst, image)| {
-                    im2col_u8(image, shape, self.input.zero_point, kp, rows);
+        let hwc = shape.channels >= HWC_MIN_CHANNELS;
+        let weights = if hwc {
+            self.tap_rows()
+        } else {
+            &self.weights.rows
+        };
+        // One run of whole images per thread, each with its buffers allocated once.
+        let threads = gstick_nn::kernels::kernel_threads().max(1);
+        let per_task = n.div_ceil(threads).max(1);
+        let out_len = co * positions;
+        out.par_chunks_mut(out_len * per_task)
+            .zip(x.par_chunks(image_len * per_task))
+            .for_each(|(dst_images, src_images)| {
+                let mut rows = vec![0u8; positions * kp];
+                let mut acc = vec![0i32; positions * co];
+                let mut channels_last = vec![0u8; if hwc { image_len } else { 0 }];
+                let mut sums = vec![0i32; positions];
+                for (dst, image) in dst_images
+                    .chunks_exact_mut(out_len)
+                    .zip(src_images.chunks_exact(image_len))
+                {
+                    if hwc {
+                        to_hwc(
+                            image,
+                            shape.channels,
+                            shape.height,
+                            shape.width,
+                            &mut channels_last,
+                        );
+                        im2col_hwc_u8(&channels_last, shape, self.input.zero_point, kp, &mut rows);
+                    } else {
+                        im2col_u8(image, shape, self.input.zero_point, kp, &mut rows);
+                    }
                     let strides = Strides {
                         row: 1,
                         col: positions,
                     };
-                    gemm_u8i8_strided(isa, rows, positions, &self.weights.rows, acc, strides);
-                    let sums = if offsets {
-                        row_sums(rows, kp, cols)
-                    } else {
-                        Vec::new()
-                    };
+                    gemm_u8i8_strided(isa, &rows, positions, weights, &mut acc, strides);
+                    if offsets {
+                        for (s, r) in sums.iter_mut().zip(rows.chunks_exact(kp)) {
+                            *s = r[..cols].iter().map(|&v| v as i32).sum();
+                        }
+                    }
                     for (o, ch) in channels.iter().enumerate() {
                         let (src, dst) = (
                             &acc[o * positions..(o + 1) * positions],
                             &mut dst[o * positions..(o + 1) * positions],
                         );
-                        for (p, (y, &a)) in dst.iter_mut().zip(src).enumerate() {
-                            let s = if offsets { sums[p] } else { 0 };
+                        for ((y, &a), &s) in dst.iter_mut().zip(src).zip(&sums) {
                             *y = finish(ch.value(a, s));
                         }
                     }
-                },
-            );
+                }
+            });
         out
     }
 }

@@ -78,3 +78,62 @@ pub fn im2col_u8(image: &[u8], s: &ConvShape, zero_point: u8, k_padded: usize, r
         }
     }
 }
+
+/// Channels-last copy of one channels-first image: `hwc[(y * width + x) * channels + c]`.
+pub fn to_hwc(image: &[u8], channels: usize, height: usize, width: usize, hwc: &mut [u8]) {
+    let plane = height * width;
+    for c in 0..channels {
+        for (i, &v) in image[c * plane..(c + 1) * plane].iter().enumerate() {
+            hwc[i * channels + c] = v;
+        }
+    }
+}
+
+/// [`im2col_u8`] from a channels-last image, with windows in (ky, kx, channel) order: each tap is
+/// one run of `channels` contiguous bytes, so wide layers copy runs instead of single bytes. The
+/// weight rows must use the same order (see [`reorder_to_taps`]).
+pub fn im2col_hwc_u8(hwc: &[u8], s: &ConvShape, zero_point: u8, k_padded: usize, rows: &mut [u8]) {
+    let (oh, ow) = s.out_hw();
+    let (c, kh, kw, d) = (s.channels, s.kernel_h, s.kernel_w, s.dilation);
+    let window = s.window();
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let row = &mut rows[(oy * ow + ox) * k_padded..(oy * ow + ox + 1) * k_padded];
+            for ky in 0..kh {
+                let y = (oy * s.stride + ky * d) as isize - s.padding as isize;
+                for kx in 0..kw {
+                    let x = (ox * s.stride + kx * d) as isize - s.padding as isize;
+                    let dst = &mut row[(ky * kw + kx) * c..(ky * kw + kx + 1) * c];
+                    if y >= 0 && x >= 0 && (y as usize) < s.height && (x as usize) < s.width {
+                        let at = (y as usize * s.width + x as usize) * c;
+                        dst.copy_from_slice(&hwc[at..at + c]);
+                    } else {
+                        dst.fill(zero_point);
+                    }
+                }
+            }
+            row[window..].fill(0);
+        }
+    }
+}
+
+/// Weight rows from (channel, ky, kx) order to the (ky, kx, channel) order of
+/// [`im2col_hwc_u8`]; `values` is (rows, channels * kh * kw).
+pub fn reorder_to_taps(
+    values: &[i8],
+    rows: usize,
+    channels: usize,
+    kh: usize,
+    kw: usize,
+) -> Vec<i8> {
+    let k = channels * kh * kw;
+    let mut out = vec![0i8; values.len()];
+    for r in 0..rows {
+        for c in 0..channels {
+            for t in 0..kh * kw {
+                out[r * k + t * channels + c] = values[r * k + c * kh * kw + t];
+            }
+        }
+    }
+    out
+}
