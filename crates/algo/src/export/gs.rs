@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use gstick_models::hf::HfCheckpoint;
 use gstick_models::llama::{build_llama, LlamaConfig, WeightSource};
 use gstick_models::tokenizer::TextTokenizer;
@@ -19,7 +19,8 @@ use safetensors::Dtype;
 use serde_json::json;
 
 use super::{
-    export_error, save_safetensors, write_config_and_tokenizer, ExportReport, OwnedTensor,
+    export_error, keep_quantized, save_safetensors, write_config_and_tokenizer, ExportReport,
+    OwnedTensor,
 };
 use crate::pipeline::QuantizedLm;
 use crate::Result;
@@ -240,15 +241,8 @@ impl WeightSource for GsSource {
         let stem = name.strip_suffix(".weight").unwrap_or(name);
         match self.layers.get(stem).cloned() {
             Some(spec) if name.ends_with(".weight") => {
-                let q = self
-                    .read(stem, &spec, shape)
-                    .map_err(|e| gstick_models::Error::Load {
-                        path: self.ck.dir().display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                let t = Tensor::from_vec(q.dequantize(), shape, &Device::Cpu)?;
-                self.quantized.insert(stem.to_string(), q);
-                Ok(t)
+                let read = self.read(stem, &spec, shape);
+                keep_quantized(self.ck.dir(), &mut self.quantized, stem, shape, read)
             }
             _ => self.ck.tensor(name, shape),
         }

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use gstick_models::hf::HfCheckpoint;
 use gstick_models::llama::{build_llama, LlamaConfig, WeightSource};
 use gstick_models::tokenizer::TextTokenizer;
@@ -23,7 +23,8 @@ use safetensors::Dtype;
 use serde_json::json;
 
 use super::{
-    export_error, save_safetensors, write_config_and_tokenizer, ExportReport, OwnedTensor,
+    export_error, keep_quantized, save_safetensors, write_config_and_tokenizer, ExportReport,
+    OwnedTensor,
 };
 use crate::pipeline::QuantizedLm;
 use crate::Result;
@@ -267,15 +268,8 @@ impl WeightSource for GptqSource {
         let packed = format!("{stem}.qweight");
         match (shape, self.ck.has(&packed)) {
             (&[rows, cols], true) => {
-                let q = unpack(&self.ck, stem, rows, cols, self.layout).map_err(|e| {
-                    gstick_models::Error::Load {
-                        path: self.ck.dir().display().to_string(),
-                        message: e.to_string(),
-                    }
-                })?;
-                let t = Tensor::from_vec(q.dequantize(), shape, &Device::Cpu)?;
-                self.quantized.insert(stem.to_string(), q);
-                Ok(t)
+                let read = unpack(&self.ck, stem, rows, cols, self.layout);
+                keep_quantized(self.ck.dir(), &mut self.quantized, stem, shape, read)
             }
             _ => self.ck.tensor(name, shape),
         }

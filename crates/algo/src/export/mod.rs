@@ -175,3 +175,22 @@ pub(crate) fn write_config_and_tokenizer(
         .map_err(|e| export_error(dir, format!("writing tokenizer.json: {e}")))?;
     Ok(())
 }
+
+/// The step the deploy loaders' weight sources share: a quantized Linear's integers, as `read`
+/// gave them, are kept in `quantized` (for `rtn::install_quantized`) and the model builder gets
+/// the weight they stand for. A read failure names the checkpoint directory.
+pub(crate) fn keep_quantized(
+    dir: &Path,
+    quantized: &mut std::collections::BTreeMap<String, gstick_quant::QuantizedWeight>,
+    stem: &str,
+    shape: &[usize],
+    read: Result<gstick_quant::QuantizedWeight>,
+) -> gstick_models::Result<Tensor> {
+    let q = read.map_err(|e| gstick_models::Error::Load {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let t = Tensor::from_vec(q.dequantize(), shape, &candle_core::Device::Cpu)?;
+    quantized.insert(stem.to_string(), q);
+    Ok(t)
+}
