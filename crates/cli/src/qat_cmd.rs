@@ -17,6 +17,7 @@ use gstick_nn::{checkpoint, Network};
 
 use crate::datasets::{self, DatasetName};
 use crate::models::{self, ModelName};
+use crate::train_cmd::data_error;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum QatAlgo {
@@ -126,10 +127,6 @@ pub struct PtqCnnArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub json: bool,
-}
-
-fn data_error(e: gstick_data::Error) -> gstick_nn::Error {
-    gstick_nn::Error::Config(e.to_string())
 }
 
 fn accuracy(net: &Network, data: &Dataset) -> Result<f64> {

@@ -226,7 +226,7 @@ pub fn value_name(v: impl ValueEnum) -> String {
         .unwrap_or_default()
 }
 
-fn data_error(e: gstick_data::Error) -> gstick_nn::Error {
+pub fn data_error(e: gstick_data::Error) -> gstick_nn::Error {
     match e {
         gstick_data::Error::Tensor(t) => gstick_nn::Error::Tensor(t),
         other => gstick_nn::Error::Config(other.to_string()),

@@ -33,16 +33,6 @@ pub enum Int8Out {
 }
 
 impl Int8Out {
-    #[inline]
-    fn finish(&self, y: f32) -> Finished {
-        match *self {
-            Int8Out::Float => Finished::F(y),
-            Int8Out::Quantized { quant, relu } => {
-                Finished::U(quant.quantize(if relu { y.max(0.0) } else { y }))
-            }
-        }
-    }
-
     fn describe(&self) -> String {
         match self {
             Int8Out::Float => "-> f32".into(),
@@ -56,45 +46,10 @@ impl Int8Out {
     }
 }
 
-enum Finished {
-    F(f32),
-    U(u8),
-}
-
-/// Output buffers of either kind, filled position by position.
-struct OutBuf {
-    f: Vec<f32>,
-    u: Vec<u8>,
-}
-
-impl OutBuf {
-    fn new(out: &Int8Out, len: usize) -> OutBuf {
-        match out {
-            Int8Out::Float => OutBuf {
-                f: vec![0.0; len],
-                u: Vec::new(),
-            },
-            Int8Out::Quantized { .. } => OutBuf {
-                f: Vec::new(),
-                u: vec![0; len],
-            },
-        }
-    }
-
-    #[inline]
-    fn set(&mut self, i: usize, v: Finished) {
-        match v {
-            Finished::F(x) => self.f[i] = x,
-            Finished::U(x) => self.u[i] = x,
-        }
-    }
-
-    fn into_tensor(self, out: &Int8Out, dims: &[usize]) -> gstick_nn::Result<Tensor> {
-        match out {
-            Int8Out::Float => Ok(Tensor::from_vec(self.f, dims, &Device::Cpu)?),
-            Int8Out::Quantized { .. } => u8_tensor(self.u, dims),
-        }
-    }
+/// The optional fused ReLU, then requantization: what a quantized output does with a value.
+#[inline]
+fn requantize(quant: &ActQuant, relu: bool, x: f32) -> u8 {
+    quant.quantize(if relu { x.max(0.0) } else { x })
 }
 
 /// f32 -> u8 with the parameters of the fake quantizer it replaces.
@@ -152,10 +107,7 @@ pub struct Requantize {
 impl Requantize {
     pub fn new(from: ActQuant, to: ActQuant, relu: bool) -> Self {
         let table = (0..=255u8)
-            .map(|u| {
-                let x = from.dequantize(u);
-                to.quantize(if relu { x.max(0.0) } else { x })
-            })
+            .map(|u| requantize(&to, relu, from.dequantize(u)))
             .collect();
         Requantize {
             from,
@@ -325,11 +277,11 @@ impl Int8Weights {
     }
 }
 
-/// Sum of the first `cols` bytes of each `stride`-long row.
-fn row_sums(a: &[u8], stride: usize, cols: usize) -> Vec<i32> {
-    a.chunks_exact(stride)
-        .map(|r| r[..cols].iter().map(|&v| v as i32).sum())
-        .collect()
+/// Sum of the first `cols` bytes of each `stride`-long row of `a`, into `out`.
+fn row_sums(a: &[u8], stride: usize, cols: usize, out: &mut [i32]) {
+    for (s, r) in out.iter_mut().zip(a.chunks_exact(stride)) {
+        *s = r[..cols].iter().map(|&v| v as i32).sum();
+    }
 }
 
 /// Conv2d on quantized input with int8 weights (groups of 1).
@@ -425,9 +377,7 @@ impl Int8Conv2d {
                     };
                     gemm_u8i8_strided(isa, &rows, positions, weights, &mut acc, strides);
                     if offsets {
-                        for (s, r) in sums.iter_mut().zip(rows.chunks_exact(kp)) {
-                            *s = r[..cols].iter().map(|&v| v as i32).sum();
-                        }
+                        row_sums(&rows, kp, cols, &mut sums);
                     }
                     for (o, ch) in channels.iter().enumerate() {
                         let (src, dst) = (
@@ -478,9 +428,7 @@ impl Cell for Int8Conv2d {
                 Ok(Tensor::from_vec(y, &dims[..], &Device::Cpu)?)
             }
             Int8Out::Quantized { quant, relu } => {
-                let y = self.images(&x, &shape, |v| {
-                    quant.quantize(if relu { v.max(0.0) } else { v })
-                });
+                let y = self.images(&x, &shape, |v| requantize(&quant, relu, v));
                 u8_tensor(y, &dims)
             }
         }
@@ -535,11 +483,10 @@ impl Int8Linear {
                 }
                 let mut acc = vec![0i32; mr * n];
                 gemm_u8i8(isa, &padded, mr, &self.weights.rows, &mut acc);
-                let sums = if offsets {
-                    row_sums(&padded, kp, k)
-                } else {
-                    vec![0; mr]
-                };
+                let mut sums = vec![0; mr];
+                if offsets {
+                    row_sums(&padded, kp, k, &mut sums);
+                }
                 for (i, (y, &a)) in dst.iter_mut().zip(&acc).enumerate() {
                     *y = finish(channels[i % n].value(a, sums[i / n]));
                 }
@@ -573,7 +520,7 @@ impl Cell for Int8Linear {
                 )?)
             }
             Int8Out::Quantized { quant, relu } => {
-                let y = self.rows(&x, m, |v| quant.quantize(if relu { v.max(0.0) } else { v }));
+                let y = self.rows(&x, m, |v| requantize(&quant, relu, v));
                 u8_tensor(y, &[m, self.weights.rows.rows])
             }
         }
@@ -612,12 +559,21 @@ impl Cell for Int8Add {
             )));
         }
         let (x, y) = (u8_values(&inputs[0])?, u8_values(&inputs[1])?);
-        let mut buf = OutBuf::new(&self.out, x.len());
-        for (i, (&u, &v)) in x.iter().zip(&y).enumerate() {
-            let s = self.a.dequantize(u) + self.b.dequantize(v);
-            buf.set(i, self.out.finish(s));
+        let sums = x
+            .iter()
+            .zip(&y)
+            .map(|(&u, &v)| self.a.dequantize(u) + self.b.dequantize(v));
+        let dims = inputs[0].dims();
+        match self.out {
+            Int8Out::Float => Ok(Tensor::from_vec(
+                sums.collect::<Vec<f32>>(),
+                dims,
+                &Device::Cpu,
+            )?),
+            Int8Out::Quantized { quant, relu } => {
+                u8_tensor(sums.map(|s| requantize(&quant, relu, s)).collect(), dims)
+            }
         }
-        buf.into_tensor(&self.out, inputs[0].dims())
     }
 
     fn summary(&self) -> String {
