@@ -32,10 +32,8 @@ pub trait CompAlgo {
     fn summary(&self, net: &Network) -> Vec<(String, String)>;
 }
 
-/// A loss over (logits, labels).
-pub type LossFn = Box<
-    dyn Fn(&candle_core::Tensor, &candle_core::Tensor) -> gstick_nn::Result<candle_core::Tensor>,
->;
+/// A loss over (logits, labels), as the trainer takes it.
+pub use gstick_nn::train::LossFn;
 
 /// The summary as the original prints it: a title row, then one row per cell.
 pub fn summary_table(title: &str, rows: &[(String, String)]) -> String {

@@ -133,40 +133,46 @@ fn accuracy(net: &Network, data: &Dataset) -> Result<f64> {
     Ok(evaluate(net, data.batches(256, None).map(|b| b.map_err(data_error)))?.accuracy)
 }
 
-fn train(
-    net: &mut Network,
-    data: &Dataset,
+/// One training run's data and settings.
+struct Fit<'a> {
+    data: &'a Dataset,
     epochs: usize,
     lr: f64,
     batch: usize,
     seed: u64,
-) -> Result<()> {
-    train_with(net, data, epochs, lr, batch, seed, Vec::new())
+}
+
+/// Trains the float network with cross-entropy.
+fn train(net: &mut Network, fit: Fit) -> Result<()> {
+    train_with(
+        net,
+        fit,
+        Vec::new(),
+        Box::new(gstick_nn::loss::cross_entropy),
+    )
 }
 
 fn train_with(
     net: &mut Network,
-    data: &Dataset,
-    epochs: usize,
-    lr: f64,
-    batch: usize,
-    seed: u64,
+    fit: Fit,
     callbacks: Vec<Box<dyn gstick_nn::train::Callback>>,
+    loss: gstick_nn::train::LossFn,
 ) -> Result<()> {
-    if epochs == 0 {
+    if fit.epochs == 0 {
         return Ok(());
     }
     let schedule = LrSchedule {
-        base_lr: lr,
+        base_lr: fit.lr,
         warmup_steps: 0,
         decay: Decay::Cosine { min_lr: 0.0 },
     };
     let mut trainer = Trainer::new(Box::new(AdamW::new(0.0)), schedule);
-    trainer.seed = seed;
+    trainer.seed = fit.seed;
     trainer.progress = Progress::Auto;
     trainer.callbacks = callbacks;
-    let steps = data.num_batches(batch);
-    trainer.fit(net, epochs, steps, |epoch| {
+    trainer.loss = loss;
+    let (data, batch, seed) = (fit.data, fit.batch, fit.seed);
+    trainer.fit(net, fit.epochs, data.num_batches(batch), |epoch| {
         data.batches(batch, Some((seed, epoch)))
             .map(|b| b.map_err(data_error))
     })?;
@@ -276,11 +282,13 @@ pub fn qat(args: QatArgs) -> Result<()> {
         }
         None => train(
             &mut net,
-            &train_set,
-            args.fp32_epochs,
-            1e-3,
-            args.batch_size,
-            args.seed,
+            Fit {
+                data: &train_set,
+                epochs: args.fp32_epochs,
+                lr: 1e-3,
+                batch: args.batch_size,
+                seed: args.seed,
+            },
         )?,
     }
     let fp32_seconds = started.elapsed().as_secs_f64();
@@ -350,12 +358,15 @@ pub fn qat(args: QatArgs) -> Result<()> {
     let t = Instant::now();
     train_with(
         &mut net,
-        &train_set,
-        args.epochs,
-        lr,
-        args.batch_size,
-        args.seed,
+        Fit {
+            data: &train_set,
+            epochs: args.epochs,
+            lr,
+            batch: args.batch_size,
+            seed: args.seed,
+        },
         std::mem::take(&mut callbacks),
+        algo.loss(Box::new(gstick_nn::loss::cross_entropy)),
     )?;
     let qat_seconds = t.elapsed().as_secs_f64();
     let quant = accuracy(&net, &test_set)?;

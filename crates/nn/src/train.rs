@@ -1,4 +1,4 @@
-//! The training loop: forward in train mode, cross-entropy, backward, optimizer step, with
+//! The training loop: forward in train mode, the loss (cross-entropy by default), backward, optimizer step, with
 //! callbacks at step and epoch boundaries (the hook point of QAT and pruning algorithms).
 
 use std::io::IsTerminal;
@@ -66,9 +66,14 @@ pub struct EpochReport {
     pub images_per_s: f64,
 }
 
+/// A training loss over (logits, labels).
+pub type LossFn = Box<dyn Fn(&Tensor, &Tensor) -> Result<Tensor>>;
+
 /// Trains a network with one optimizer and schedule.
 pub struct Trainer {
     pub optimizer: Box<dyn Optimizer>,
+    /// Cross-entropy unless an algorithm wraps it (`CompAlgo::loss`).
+    pub loss: LossFn,
     pub schedule: LrSchedule,
     pub callbacks: Vec<Box<dyn Callback>>,
     pub progress: Progress,
@@ -80,6 +85,7 @@ impl Trainer {
     pub fn new(optimizer: Box<dyn Optimizer>, schedule: LrSchedule) -> Self {
         Trainer {
             optimizer,
+            loss: Box::new(cross_entropy),
             schedule,
             callbacks: Vec::new(),
             progress: Progress::Auto,
@@ -134,7 +140,7 @@ impl Trainer {
                 };
                 stop |= notify(&mut self.callbacks, net, at, |cb, s| cb.on_step_begin(s))?;
                 let logits = exec.forward1(net, &images)?;
-                let loss = cross_entropy(&logits, &labels)?;
+                let loss = (self.loss)(&logits, &labels)?;
                 let loss_value = loss.to_scalar::<f32>()?;
                 if !loss_value.is_finite() {
                     return Err(locate_non_finite(net, &images, loss_value, epoch, step));

@@ -418,3 +418,24 @@ fn dropout_is_seeded_and_off_in_eval() {
     assert!(run(1, Mode::Eval).iter().all(|&v| v == 1.0));
     assert!(Dropout::new(1.0).is_err());
 }
+
+#[test]
+fn the_trainer_optimizes_the_loss_it_is_given() {
+    // A loss scaled to zero has zero gradients: plain SGD must leave every weight where it was,
+    // and the reported loss is the given loss's value, not cross-entropy's.
+    let (x, y) = blobs(90, 1);
+    let mut net = mlp(0, false);
+    let before = weights(&net);
+    let mut trainer = Trainer::new(
+        Box::new(Sgd::new(0.0, false, 0.0)),
+        LrSchedule::constant(0.1),
+    );
+    trainer.progress = Progress::Quiet;
+    trainer.loss =
+        Box::new(|logits, labels| Ok((gstick_nn::loss::cross_entropy(logits, labels)? * 0.0)?));
+    let reports = trainer
+        .fit(&mut net, 2, 3, |_| batches(&x, &y, 30).into_iter())
+        .unwrap();
+    assert_eq!(weights(&net), before);
+    assert_eq!(reports[1].loss, 0.0);
+}
