@@ -24,6 +24,39 @@ pub struct CnnBenchArgs {
     /// python3 with .cache/pytools when present); `none` skips it.
     #[arg(long, default_value = "python3")]
     pub python: String,
+    /// Also print where one forward pass spends its time, per cell kind.
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// Milliseconds per cell kind over one forward pass, largest first. A node's time is the time
+/// since the previous node finished, so sub-graph nodes (which finish after their contents) add
+/// almost nothing of their own.
+fn profile(net: &Network, x: &candle_core::Tensor) -> Result<Vec<(String, f64)>> {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+    let totals: Rc<RefCell<BTreeMap<String, f64>>> = Rc::default();
+    let last = Rc::new(RefCell::new(Instant::now()));
+    let mut exec = Executor::new(Mode::Eval, 0);
+    exec.forward1(net, x)?; // warm-up
+    {
+        let (totals, last) = (totals.clone(), last.clone());
+        exec.add_hook_all(move |call| {
+            let ms = last.borrow().elapsed().as_secs_f64() * 1e3;
+            *totals
+                .borrow_mut()
+                .entry(call.kind.to_string())
+                .or_default() += ms;
+            *last.borrow_mut() = Instant::now();
+            Ok(())
+        });
+    }
+    *last.borrow_mut() = Instant::now();
+    exec.forward1(net, x)?;
+    let mut rows: Vec<(String, f64)> = totals.take().into_iter().collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(rows)
 }
 
 /// ONNX Runtime's median milliseconds for `model` on `x`, or why it could not run.
@@ -147,6 +180,16 @@ pub fn run(args: CnnBenchArgs) -> Result<()> {
             args.batch as f64 / q,
             ort.map_or("-".into(), |ms| format!("{ms:.2}"))
         );
+        if args.profile {
+            for (label, net) in [("f32", &float), ("int8", &quant)] {
+                let cells = profile(net, &x)?
+                    .iter()
+                    .map(|(kind, ms)| format!("{kind} {ms:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                eprintln!("{name} {label} ms per cell kind: {cells}");
+            }
+        }
         rows.push(
             serde_json::json!({"model": name, "batch": args.batch, "f32_ms": f * 1e3,
             "int8_ms": q * 1e3, "int8_speedup": f / q, "onnxruntime_int8_ms": ort}),

@@ -76,7 +76,10 @@ pub struct QatArgs {
     /// Train on the first N training samples only.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// SimQAT configuration file (TOML or YAML, the original's keys); flags below override it.
+    /// The algorithm's configuration file (TOML or YAML, the original's keys): SimQAT's for
+    /// simqat and lsq, SLB's for slb; flags below override it. Without one, SLB's temperature
+    /// factor is scaled so a run of --epochs ends at the temperature of the original's 100-epoch
+    /// schedule.
     #[arg(long)]
     pub recipe: Option<PathBuf>,
     /// Fuse Conv2d+BatchNorm2d and fold the BN (one-conv fold).
@@ -131,6 +134,22 @@ pub struct PtqCnnArgs {
 
 fn accuracy(net: &Network, data: &Dataset) -> Result<f64> {
     Ok(evaluate(net, data.batches(256, None).map(|b| b.map_err(data_error)))?.accuracy)
+}
+
+/// SLB's temperature factor for a run of `config.epoch_size` epochs. The original trains for 100
+/// epochs, so its default factor 1.2 compounds 40 times (from 20% to 60% of the run) to a final
+/// temperature of 1.2^40, about 1470, which makes the softmax nearly one-hot before the choice
+/// freezes. A shorter run keeps that final temperature with a larger factor; without it a
+/// 10-epoch run would freeze near temperature 2, where the relaxed weights are still far from
+/// the discrete ones they become.
+fn scaled_t_factor(config: &SlbConfig) -> f64 {
+    let rises = (config.epoch_size as f64 * config.t_end_time) as i64
+        - (config.epoch_size as f64 * config.t_start_time) as i64;
+    if rises <= 0 {
+        return config.t_factor;
+    }
+    let target = 1.2f64.powi(40);
+    (target / config.t_start_val).powf(1.0 / rises as f64)
 }
 
 /// One training run's data and settings.
@@ -314,10 +333,11 @@ pub fn qat(args: QatArgs) -> Result<()> {
                 (Box::new(algo), json, Vec::new())
             }
             QatAlgo::Slb => {
-                let mut config = match &args.recipe {
-                    Some(p) => load_slb_config(p)?,
-                    None => SlbConfig::default(),
+                let recipe = match &args.recipe {
+                    Some(p) => Some(load_slb_config(p)?),
+                    None => None,
                 };
+                let mut config = recipe.clone().unwrap_or_default();
                 config.weight_quant_dtype = match args.weight_bits {
                     1 => SlbBits::Int1,
                     2 => SlbBits::Int2,
@@ -327,6 +347,9 @@ pub fn qat(args: QatArgs) -> Result<()> {
                 config.epoch_size = args.epochs as i64;
                 config.has_trained_epoch = 0;
                 config.seed = args.seed;
+                if recipe.is_none() {
+                    config.t_factor = scaled_t_factor(&config);
+                }
                 let algo = Slb::new(config.clone())?;
                 let mut callbacks = algo.callbacks()?;
                 if config.enable_bn_calibration {
@@ -486,4 +509,46 @@ pub fn ptq_cnn(args: PtqCnnArgs) -> Result<()> {
     )?;
     print(&report, args.json);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slb_temperature_factor_reaches_the_original_final_temperature() {
+        let final_temperature = |epochs: i64, factor: f64| {
+            let config = SlbConfig {
+                epoch_size: epochs,
+                has_trained_epoch: 0,
+                t_factor: factor,
+                ..SlbConfig::default()
+            };
+            config.temperature(epochs - 1).0
+        };
+        for epochs in [5, 8, 24, 100] {
+            let config = SlbConfig {
+                epoch_size: epochs,
+                has_trained_epoch: 0,
+                ..SlbConfig::default()
+            };
+            let factor = scaled_t_factor(&config);
+            let t = final_temperature(epochs, factor);
+            assert!((t / 1.2f64.powi(40) - 1.0).abs() < 1e-6, "{epochs}: {t}");
+        }
+        // The original's own run length keeps its factor.
+        let config = SlbConfig {
+            epoch_size: 100,
+            has_trained_epoch: 0,
+            ..SlbConfig::default()
+        };
+        assert!((scaled_t_factor(&config) - 1.2).abs() < 1e-9);
+        // Too short to rise: the factor is left alone.
+        let config = SlbConfig {
+            epoch_size: 1,
+            has_trained_epoch: 0,
+            ..SlbConfig::default()
+        };
+        assert_eq!(scaled_t_factor(&config), 1.2);
+    }
 }

@@ -266,11 +266,7 @@ impl Converter {
             } else if cell.kind() == "Add" && inputs.len() == 2 {
                 match (inputs[0], inputs[1]) {
                     (Form::Int8(a), Form::Int8(b)) => {
-                        let cell = Int8Add {
-                            a,
-                            b,
-                            out: Int8Out::Float,
-                        };
+                        let cell = Int8Add::new(a, b, Int8Out::Float);
                         self.replace(g, id, Box::new(cell))?;
                     }
                     _ => {
@@ -433,7 +429,7 @@ fn fuse(
         if c.out != Int8Out::Float {
             return Ok(Vec::new());
         }
-        Box::new(Int8Add { out, ..c.clone() })
+        Box::new(Int8Add::new(c.a, c.b, out))
     } else {
         return Ok(Vec::new());
     };

@@ -2,21 +2,47 @@
 //! 8-bit tensors with static (scale, zero point); convolutions and Linear layers multiply them by
 //! signed 8-bit weights with 32-bit accumulation and requantize per output channel.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use gstick_nn::error::expect_inputs;
 use gstick_nn::{Cell, CellCtx};
 use gstick_quant::int8::im2col::{im2col_hwc_u8, im2col_u8, reorder_to_taps, to_hwc, ConvShape};
 use gstick_quant::int8::{gemm_u8i8, gemm_u8i8_strided, ActQuant, Int8Rows, IntIsa, Strides};
 use rayon::prelude::*;
 
-fn u8_values(t: &Tensor) -> gstick_nn::Result<Vec<u8>> {
+/// Runs `f` on a quantized tensor's values, borrowed in place when they are contiguous (the
+/// usual case) rather than copied.
+fn with_u8<R>(t: &Tensor, f: impl FnOnce(&[u8]) -> R) -> gstick_nn::Result<R> {
     if t.dtype() != DType::U8 {
         return Err(gstick_nn::Error::Config(format!(
             "an int8 cell received {:?} values; it reads quantized (u8) activations",
             t.dtype()
         )));
     }
-    Ok(t.flatten_all()?.to_vec1::<u8>()?)
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::U8(v)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&v[start..end]));
+        }
+    }
+    Ok(f(&t.flatten_all()?.to_vec1::<u8>()?))
+}
+
+/// Elementwise work is split in chunks this long across threads.
+const ELEMENT_CHUNK: usize = 1 << 16;
+
+/// `f` of every value, in parallel.
+fn map_u8<T: Copy + Default + Send>(x: &[u8], f: impl Fn(u8) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::default(); x.len()];
+    out.par_chunks_mut(ELEMENT_CHUNK)
+        .zip(x.par_chunks(ELEMENT_CHUNK))
+        .for_each(|(dst, src)| {
+            for (y, &u) in dst.iter_mut().zip(src) {
+                *y = f(u);
+            }
+        });
+    out
 }
 
 fn u8_tensor(values: Vec<u8>, dims: &[usize]) -> gstick_nn::Result<Tensor> {
@@ -88,8 +114,7 @@ impl Cell for Dequantize {
     }
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
         expect_inputs("Dequantize", inputs, 1)?;
-        let u = u8_values(&inputs[0])?;
-        let x: Vec<f32> = u.iter().map(|&v| self.quant.dequantize(v)).collect();
+        let x = with_u8(&inputs[0], |u| map_u8(u, |v| self.quant.dequantize(v)))?;
         Ok(Tensor::from_vec(x, inputs[0].dims(), &Device::Cpu)?)
     }
 }
@@ -124,11 +149,8 @@ impl Cell for Requantize {
     }
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
         expect_inputs("Requantize", inputs, 1)?;
-        let u = u8_values(&inputs[0])?;
-        u8_tensor(
-            u.iter().map(|&v| self.table[v as usize]).collect(),
-            inputs[0].dims(),
-        )
+        let u = with_u8(&inputs[0], |u| map_u8(u, |v| self.table[v as usize]))?;
+        u8_tensor(u, inputs[0].dims())
     }
     fn summary(&self) -> String {
         format!(
@@ -152,11 +174,8 @@ impl Cell for Int8Relu {
     }
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
         expect_inputs("Int8ReLU", inputs, 1)?;
-        let u = u8_values(&inputs[0])?;
-        u8_tensor(
-            u.iter().map(|&v| v.max(self.zero_point)).collect(),
-            inputs[0].dims(),
-        )
+        let u = with_u8(&inputs[0], |u| map_u8(u, |v| v.max(self.zero_point)))?;
+        u8_tensor(u, inputs[0].dims())
     }
 }
 
@@ -175,12 +194,16 @@ impl Cell for Int8MaxPool {
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
         expect_inputs("Int8MaxPool2d", inputs, 1)?;
         let (n, c, h, w) = inputs[0].dims4()?;
-        let u = u8_values(&inputs[0])?;
         let (k, s, p) = (self.kernel, self.stride, self.padding);
+        if k == 0 || s == 0 || h + 2 * p < k || w + 2 * p < k {
+            return Err(gstick_nn::Error::Config(format!(
+                "Int8MaxPool2d: a {k}x{k} window (stride {s}, padding {p}) does not fit {h}x{w}"
+            )));
+        }
         let oh = (h + 2 * p - k) / s + 1;
         let ow = (w + 2 * p - k) / s + 1;
         let mut out = vec![0u8; n * c * oh * ow];
-        for (plane, dst) in u.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+        let pool = |plane: &[u8], dst: &mut [u8]| {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let mut m = 0u8;
@@ -196,7 +219,12 @@ impl Cell for Int8MaxPool {
                     dst[oy * ow + ox] = m;
                 }
             }
-        }
+        };
+        with_u8(&inputs[0], |u| {
+            out.par_chunks_mut(oh * ow)
+                .zip(u.par_chunks(h * w))
+                .for_each(|(dst, plane)| pool(plane, dst))
+        })?;
         u8_tensor(out, &[n, c, oh, ow])
     }
     fn summary(&self) -> String {
@@ -236,44 +264,125 @@ impl Int8Weights {
     }
 }
 
-/// One output channel's dequantization, y = s_in s_w * sum_k (u_k - zp_in)(q_k - zp_w) + bias,
-/// from the GEMM's sum_k u_k q_k and the activation sum sum_k u_k, with everything that does not depend on the position
-/// folded in advance.
+/// One output channel's epilogue with everything that does not depend on the position folded in
+/// advance: the value is `(acc + offset - zw * a_sum) * mult + add`, where `acc = sum_k u_k q_k`
+/// and `a_sum = sum_k u_k`. For a float output that is
+/// y = s_in s_w sum_k (u_k - zp_in)(q_k - zp_w) + bias, then the kept BatchNorm; for a quantized
+/// output `mult` and `add` also carry the output's
+/// 1/scale and offset, so the value is y's position on the output grid plus 0.5 (see [`Grid`]).
+#[derive(Clone, Copy, Debug)]
 struct ChannelAffine {
     mult: f32,
+    add: f32,
     /// -zp_in * row_sum + k * zp_in * zp_w.
     offset: i32,
     zw: i32,
-    bias: f32,
-    bn: Option<(f32, f32, f32, f32)>,
 }
 
 impl ChannelAffine {
-    #[inline]
+    #[inline(always)]
     fn value(&self, acc: i32, a_sum: i32) -> f32 {
-        let y = (acc + self.offset - self.zw * a_sum) as f32 * self.mult + self.bias;
-        match self.bn {
-            None => y,
-            Some((mean, denom, gamma, beta)) => (y - mean) / denom * gamma + beta,
+        (acc + self.offset - self.zw * a_sum) as f32 * self.mult + self.add
+    }
+}
+
+/// Clamping to a quantized output's grid: values are grid positions plus 0.5, so truncation
+/// rounds. The lower bound is the grid's 0, or its zero point under a fused ReLU.
+#[derive(Clone, Copy, Debug)]
+struct Grid {
+    lo: f32,
+    hi: f32,
+}
+
+impl Grid {
+    fn new(quant: &ActQuant, relu: bool) -> Self {
+        let position = |x: f32| (x.clamp(quant.min, quant.max) - quant.min) / quant.scale + 0.5;
+        Grid {
+            lo: if relu { position(0.0) } else { 0.5 },
+            hi: position(quant.max),
         }
+    }
+
+    #[inline(always)]
+    fn to_u8(self, t: f32) -> u8 {
+        // In [0.5, 255.5] after the clamp (a NaN takes the lower bound), so the i32 cast
+        // truncates to 0..=255 and vectorizes.
+        t.max(self.lo).min(self.hi) as i32 as u8
     }
 }
 
 impl Int8Weights {
-    fn channels(&self, input: &ActQuant) -> Vec<ChannelAffine> {
+    /// Every output channel's epilogue; `out` folds in a quantized output's grid.
+    fn channels(&self, input: &ActQuant, out: Option<&ActQuant>) -> Vec<ChannelAffine> {
         let (zx, k) = (input.zero_point as i32, self.rows.cols as i32);
         (0..self.rows.rows)
-            .map(|o| ChannelAffine {
-                mult: input.scale * self.scales[o],
-                offset: -zx * self.rows.row_sums[o] + k * zx * self.zero_points[o],
-                zw: self.zero_points[o],
-                bias: self.bias[o],
-                bn: self
-                    .batch_norm
-                    .as_ref()
-                    .map(|b| (b.mean[o], b.denom[o], b.gamma[o], b.beta[o])),
+            .map(|o| {
+                let (mut mult, mut add) = (input.scale * self.scales[o], self.bias[o]);
+                if let Some(b) = &self.batch_norm {
+                    let g = b.gamma[o] / b.denom[o];
+                    (mult, add) = (mult * g, (add - b.mean[o]) * g + b.beta[o]);
+                }
+                if let Some(q) = out {
+                    (mult, add) = (mult / q.scale, (add - q.min) / q.scale + 0.5);
+                }
+                ChannelAffine {
+                    mult,
+                    add,
+                    offset: -zx * self.rows.row_sums[o] + k * zx * self.zero_points[o],
+                    zw: self.zero_points[o],
+                }
             })
             .collect()
+    }
+}
+
+/// Writes one output channel's values from its accumulators (and the activation sums, needed
+/// only when the channel's weight zero point is not 0).
+trait Finish: Copy + Default + Send {
+    fn finish(acc: &[i32], sums: &[i32], ch: &ChannelAffine, grid: Option<Grid>, dst: &mut [Self]);
+}
+
+impl Finish for f32 {
+    fn finish(acc: &[i32], sums: &[i32], ch: &ChannelAffine, _: Option<Grid>, dst: &mut [f32]) {
+        if ch.zw == 0 {
+            for (y, &a) in dst.iter_mut().zip(acc) {
+                *y = ch.value(a, 0);
+            }
+        } else {
+            for ((y, &a), &s) in dst.iter_mut().zip(acc).zip(sums) {
+                *y = ch.value(a, s);
+            }
+        }
+    }
+}
+
+impl Finish for u8 {
+    fn finish(acc: &[i32], sums: &[i32], ch: &ChannelAffine, grid: Option<Grid>, dst: &mut [u8]) {
+        let grid = grid.expect("a quantized output has a grid");
+        if ch.zw == 0 {
+            for (y, &a) in dst.iter_mut().zip(acc) {
+                *y = grid.to_u8(ch.value(a, 0));
+            }
+        } else {
+            for ((y, &a), &s) in dst.iter_mut().zip(acc).zip(sums) {
+                *y = grid.to_u8(ch.value(a, s));
+            }
+        }
+    }
+}
+
+/// The channels' epilogues and, for a quantized output, its grid.
+fn epilogue(
+    weights: &Int8Weights,
+    input: &ActQuant,
+    out: &Int8Out,
+) -> (Vec<ChannelAffine>, Option<Grid>) {
+    match out {
+        Int8Out::Float => (weights.channels(input, None), None),
+        Int8Out::Quantized { quant, relu } => (
+            weights.channels(input, Some(quant)),
+            Some(Grid::new(quant, *relu)),
+        ),
     }
 }
 
@@ -319,12 +428,7 @@ impl Int8Conv2d {
     /// Every image: unfold, multiply (stored channel-major), then `finish` each channel's
     /// dequantized value. One image per task; integer sums make the result independent of how
     /// images are split across threads.
-    fn images<T: Copy + Default + Send>(
-        &self,
-        x: &[u8],
-        shape: &ConvShape,
-        finish: impl Fn(f32) -> T + Sync,
-    ) -> Vec<T> {
+    fn images<T: Finish>(&self, x: &[u8], shape: &ConvShape) -> Vec<T> {
         let (oh, ow) = shape.out_hw();
         let positions = oh * ow;
         let (co, kp, cols) = (
@@ -336,7 +440,7 @@ impl Int8Conv2d {
         let n = x.len() / image_len.max(1);
         let mut out = vec![T::default(); n * co * positions];
         let isa = IntIsa::detect();
-        let channels = self.weights.channels(&self.input);
+        let (channels, grid) = epilogue(&self.weights, &self.input, &self.out);
         let offsets = self.weights.offset();
         let hwc = shape.channels >= HWC_MIN_CHANNELS;
         let weights = if hwc {
@@ -379,14 +483,12 @@ impl Int8Conv2d {
                     if offsets {
                         row_sums(&rows, kp, cols, &mut sums);
                     }
-                    for (o, ch) in channels.iter().enumerate() {
-                        let (src, dst) = (
-                            &acc[o * positions..(o + 1) * positions],
-                            &mut dst[o * positions..(o + 1) * positions],
-                        );
-                        for ((y, &a), &s) in dst.iter_mut().zip(src).zip(&sums) {
-                            *y = finish(ch.value(a, s));
-                        }
+                    for ((ch, dst), acc) in channels
+                        .iter()
+                        .zip(dst.chunks_exact_mut(positions))
+                        .zip(acc.chunks_exact(positions))
+                    {
+                        T::finish(acc, &sums, ch, grid, dst);
                     }
                 }
             });
@@ -402,7 +504,6 @@ impl Cell for Int8Conv2d {
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
         expect_inputs("Int8Conv2d", inputs, 1)?;
         let (n, c, h, w) = inputs[0].dims4()?;
-        let x = u8_values(&inputs[0])?;
         let shape = ConvShape {
             channels: c,
             height: h,
@@ -423,14 +524,15 @@ impl Cell for Int8Conv2d {
         let co = self.weights.rows.rows;
         let dims = [n, co, oh, ow];
         match self.out {
-            Int8Out::Float => {
-                let y = self.images(&x, &shape, |v| v);
-                Ok(Tensor::from_vec(y, &dims[..], &Device::Cpu)?)
-            }
-            Int8Out::Quantized { quant, relu } => {
-                let y = self.images(&x, &shape, |v| requantize(&quant, relu, v));
-                u8_tensor(y, &dims)
-            }
+            Int8Out::Float => Ok(Tensor::from_vec(
+                with_u8(&inputs[0], |x| self.images::<f32>(x, &shape))?,
+                &dims[..],
+                &Device::Cpu,
+            )?),
+            Int8Out::Quantized { .. } => u8_tensor(
+                with_u8(&inputs[0], |x| self.images::<u8>(x, &shape))?,
+                &dims,
+            ),
         }
     }
 
@@ -457,12 +559,7 @@ pub struct Int8Linear {
 impl Int8Linear {
     /// Rows in fixed chunks across threads (integer sums are exact, so the split does not
     /// matter); each chunk is padded, multiplied and finished.
-    fn rows<T: Copy + Default + Send>(
-        &self,
-        x: &[u8],
-        m: usize,
-        finish: impl Fn(f32) -> T + Sync,
-    ) -> Vec<T> {
+    fn rows<T: Finish>(&self, x: &[u8], m: usize) -> Vec<T> {
         const CHUNK: usize = 64;
         let (n, k, kp) = (
             self.weights.rows.rows,
@@ -470,7 +567,7 @@ impl Int8Linear {
             self.weights.rows.k_padded,
         );
         let isa = IntIsa::detect();
-        let channels = self.weights.channels(&self.input);
+        let (channels, grid) = epilogue(&self.weights, &self.input, &self.out);
         let offsets = self.weights.offset();
         let mut out = vec![T::default(); m * n];
         out.par_chunks_mut(CHUNK * n)
@@ -487,8 +584,11 @@ impl Int8Linear {
                 if offsets {
                     row_sums(&padded, kp, k, &mut sums);
                 }
-                for (i, (y, &a)) in dst.iter_mut().zip(&acc).enumerate() {
-                    *y = finish(channels[i % n].value(a, sums[i / n]));
+                for ((dst, acc), &s) in dst.chunks_exact_mut(n).zip(acc.chunks_exact(n)).zip(&sums)
+                {
+                    for ((y, &a), ch) in dst.iter_mut().zip(acc).zip(&channels) {
+                        T::finish(&[a], &[s], ch, grid, std::slice::from_mut(y));
+                    }
                 }
             });
         out
@@ -509,19 +609,15 @@ impl Cell for Int8Linear {
                 self.weights.rows.cols
             )));
         }
-        let x = u8_values(&inputs[0])?;
+        let dims = [m, self.weights.rows.rows];
         match self.out {
-            Int8Out::Float => {
-                let y = self.rows(&x, m, |v| v);
-                Ok(Tensor::from_vec(
-                    y,
-                    (m, self.weights.rows.rows),
-                    &Device::Cpu,
-                )?)
-            }
-            Int8Out::Quantized { quant, relu } => {
-                let y = self.rows(&x, m, |v| requantize(&quant, relu, v));
-                u8_tensor(y, &[m, self.weights.rows.rows])
+            Int8Out::Float => Ok(Tensor::from_vec(
+                with_u8(&inputs[0], |x| self.rows::<f32>(x, m))?,
+                &dims[..],
+                &Device::Cpu,
+            )?),
+            Int8Out::Quantized { .. } => {
+                u8_tensor(with_u8(&inputs[0], |x| self.rows::<u8>(x, m))?, &dims)
             }
         }
     }
@@ -536,12 +632,32 @@ impl Cell for Int8Linear {
     }
 }
 
-/// Sum of two quantized tensors (the residual Add), dequantized then requantized.
+/// Sum of two quantized tensors (the residual Add), dequantized then requantized. A quantized
+/// output is looked up in a table over every pair of inputs, made from the same arithmetic.
 #[derive(Clone, Debug)]
 pub struct Int8Add {
     pub a: ActQuant,
     pub b: ActQuant,
     pub out: Int8Out,
+    /// `table[(u << 8) | v]`, for a quantized output.
+    table: Option<std::sync::Arc<[u8]>>,
+}
+
+impl Int8Add {
+    pub fn new(a: ActQuant, b: ActQuant, out: Int8Out) -> Self {
+        let table = match out {
+            Int8Out::Float => None,
+            Int8Out::Quantized { quant, relu } => Some(
+                (0..=u16::MAX)
+                    .map(|i| {
+                        let (u, v) = ((i >> 8) as u8, i as u8);
+                        requantize(&quant, relu, a.dequantize(u) + b.dequantize(v))
+                    })
+                    .collect(),
+            ),
+        };
+        Int8Add { a, b, out, table }
+    }
 }
 
 impl Cell for Int8Add {
@@ -551,29 +667,42 @@ impl Cell for Int8Add {
 
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
         expect_inputs("Int8Add", inputs, 2)?;
-        if inputs[0].dims() != inputs[1].dims() {
+        let dims = inputs[0].dims();
+        if dims != inputs[1].dims() {
             return Err(gstick_nn::Error::Config(format!(
-                "Int8Add: shapes {:?} and {:?} differ",
-                inputs[0].dims(),
+                "Int8Add: shapes {dims:?} and {:?} differ",
                 inputs[1].dims()
             )));
         }
-        let (x, y) = (u8_values(&inputs[0])?, u8_values(&inputs[1])?);
-        let sums = x
-            .iter()
-            .zip(&y)
-            .map(|(&u, &v)| self.a.dequantize(u) + self.b.dequantize(v));
-        let dims = inputs[0].dims();
-        match self.out {
-            Int8Out::Float => Ok(Tensor::from_vec(
-                sums.collect::<Vec<f32>>(),
-                dims,
-                &Device::Cpu,
-            )?),
-            Int8Out::Quantized { quant, relu } => {
-                u8_tensor(sums.map(|s| requantize(&quant, relu, s)).collect(), dims)
-            }
+        fn zip_map<T: Copy + Default + Send>(
+            x: &[u8],
+            y: &[u8],
+            f: impl Fn(u8, u8) -> T + Sync,
+        ) -> Vec<T> {
+            let mut out = vec![T::default(); x.len()];
+            out.par_chunks_mut(ELEMENT_CHUNK)
+                .zip(x.par_chunks(ELEMENT_CHUNK).zip(y.par_chunks(ELEMENT_CHUNK)))
+                .for_each(|(dst, (x, y))| {
+                    for ((d, &u), &v) in dst.iter_mut().zip(x).zip(y) {
+                        *d = f(u, v);
+                    }
+                });
+            out
         }
+        let (a, b) = (self.a, self.b);
+        with_u8(&inputs[0], |x| {
+            with_u8(&inputs[1], |y| match &self.table {
+                Some(table) => u8_tensor(
+                    zip_map(x, y, |u, v| table[((u as usize) << 8) | v as usize]),
+                    dims,
+                ),
+                None => Ok(Tensor::from_vec(
+                    zip_map(x, y, |u, v| a.dequantize(u) + b.dequantize(v)),
+                    dims,
+                    &Device::Cpu,
+                )?),
+            })
+        })??
     }
 
     fn summary(&self) -> String {

@@ -93,8 +93,70 @@ pub fn to_hwc(image: &[u8], channels: usize, height: usize, width: usize, hwc: &
 /// one run of `channels` contiguous bytes, so wide layers copy runs instead of single bytes. The
 /// weight rows must use the same order (see [`reorder_to_taps`]).
 pub fn im2col_hwc_u8(hwc: &[u8], s: &ConvShape, zero_point: u8, k_padded: usize, rows: &mut [u8]) {
+    // The common widths copy fixed-size runs (a few vector moves instead of a memcpy call).
+    match s.channels {
+        4 => unfold_taps(hwc, s, zero_point, k_padded, rows, Run::<4>),
+        8 => unfold_taps(hwc, s, zero_point, k_padded, rows, Run::<8>),
+        16 => unfold_taps(hwc, s, zero_point, k_padded, rows, Run::<16>),
+        32 => unfold_taps(hwc, s, zero_point, k_padded, rows, Run::<32>),
+        64 => unfold_taps(hwc, s, zero_point, k_padded, rows, Run::<64>),
+        c => unfold_taps(hwc, s, zero_point, k_padded, rows, AnyRun(c)),
+    }
+}
+
+/// Copies and fills one tap's run of channel bytes.
+trait TapRun: Copy {
+    fn len(self) -> usize;
+    fn copy(self, dst: &mut [u8], src: &[u8]);
+    fn fill(self, dst: &mut [u8], value: u8);
+}
+
+#[derive(Clone, Copy)]
+struct Run<const C: usize>;
+
+impl<const C: usize> TapRun for Run<C> {
+    #[inline(always)]
+    fn len(self) -> usize {
+        C
+    }
+    #[inline(always)]
+    fn copy(self, dst: &mut [u8], src: &[u8]) {
+        let dst: &mut [u8; C] = (&mut dst[..C]).try_into().expect("C bytes");
+        *dst = src[..C].try_into().expect("C bytes");
+    }
+    #[inline(always)]
+    fn fill(self, dst: &mut [u8], value: u8) {
+        let dst: &mut [u8; C] = (&mut dst[..C]).try_into().expect("C bytes");
+        *dst = [value; C];
+    }
+}
+
+#[derive(Clone, Copy)]
+struct AnyRun(usize);
+
+impl TapRun for AnyRun {
+    fn len(self) -> usize {
+        self.0
+    }
+    fn copy(self, dst: &mut [u8], src: &[u8]) {
+        dst[..self.0].copy_from_slice(&src[..self.0]);
+    }
+    fn fill(self, dst: &mut [u8], value: u8) {
+        dst[..self.0].fill(value);
+    }
+}
+
+#[inline(always)]
+fn unfold_taps(
+    hwc: &[u8],
+    s: &ConvShape,
+    zero_point: u8,
+    k_padded: usize,
+    rows: &mut [u8],
+    run: impl TapRun,
+) {
     let (oh, ow) = s.out_hw();
-    let (c, kh, kw, d) = (s.channels, s.kernel_h, s.kernel_w, s.dilation);
+    let (c, kh, kw, d) = (run.len(), s.kernel_h, s.kernel_w, s.dilation);
     let window = s.window();
     for oy in 0..oh {
         for ox in 0..ow {
@@ -103,12 +165,11 @@ pub fn im2col_hwc_u8(hwc: &[u8], s: &ConvShape, zero_point: u8, k_padded: usize,
                 let y = (oy * s.stride + ky * d) as isize - s.padding as isize;
                 for kx in 0..kw {
                     let x = (ox * s.stride + kx * d) as isize - s.padding as isize;
-                    let dst = &mut row[(ky * kw + kx) * c..(ky * kw + kx + 1) * c];
+                    let dst = &mut row[(ky * kw + kx) * c..];
                     if y >= 0 && x >= 0 && (y as usize) < s.height && (x as usize) < s.width {
-                        let at = (y as usize * s.width + x as usize) * c;
-                        dst.copy_from_slice(&hwc[at..at + c]);
+                        run.copy(dst, &hwc[(y as usize * s.width + x as usize) * c..]);
                     } else {
-                        dst.fill(zero_point);
+                        run.fill(dst, zero_point);
                     }
                 }
             }
