@@ -189,7 +189,7 @@ fn channels_last_unfolding_with_reordered_weights_gives_the_same_products() {
     let k = s.window();
     let w: Vec<i8> = bytes(5, 8 * k).into_iter().map(|b| b as i8).collect();
     let chw_rows = Int8Rows::new(&w, 8, k);
-    let tap_rows = Int8Rows::new(&reorder_to_taps(&w, 8, 16, 3, 3), 8, k);
+    let tap_rows = Int8Rows::new(&reorder_to_taps(&w, 8, 16, 16, (3, 3)), 8, k);
     let kp = chw_rows.k_padded;
     let mut a = vec![0u8; oh * ow * kp];
     im2col_u8(&image, &s, 9, kp, &mut a);
@@ -202,4 +202,84 @@ fn channels_last_unfolding_with_reordered_weights_gives_the_same_products() {
     gemm_u8i8(IntIsa::Portable, &b, oh * ow, &tap_rows, &mut y);
     assert_eq!(x, y);
     assert_eq!(chw_rows.row_sums, tap_rows.row_sums);
+}
+
+#[test]
+fn the_quad_layout_gemm_equals_the_row_major_one_for_every_conv_geometry() {
+    use gstick_quant::int8::im2col::{im2col_quads_u8, reorder_to_taps};
+    use gstick_quant::int8::quads::{gemm_quads, quad_row_sums, QuadShape};
+    let zero_point = 7;
+    // (channels, height, width, kernel, stride, padding, dilation, output channels): channel
+    // counts below, at and past a quad; rows that are and are not whole 16-row blocks; 1 to 9
+    // output channels (every tile width of the kernel).
+    for (i, &(c, h, w, kk, st, pad, d, co)) in [
+        (1, 28, 28, 5, 1, 0, 1, 6),
+        (6, 12, 12, 5, 1, 0, 1, 16),
+        (16, 7, 7, 3, 1, 1, 1, 9),
+        (4, 9, 8, 3, 2, 1, 1, 3),
+        (8, 6, 5, 1, 2, 0, 1, 5),
+        (3, 10, 11, 3, 1, 2, 2, 1),
+        (32, 4, 4, 3, 1, 1, 1, 33),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let s = ConvShape {
+            channels: c,
+            height: h,
+            width: w,
+            kernel_h: kk,
+            kernel_w: kk,
+            stride: st,
+            padding: pad,
+            dilation: d,
+        };
+        let (oh, ow) = s.out_hw();
+        let (m, k) = (oh * ow, s.window());
+        let image = bytes(10 + i as u64, c * h * w);
+        let wv: Vec<i8> = bytes(20 + i as u64, co * k)
+            .into_iter()
+            .map(|b| b as i8)
+            .collect();
+        // Reference: channels-first windows, row-major GEMM, plain row sums.
+        let rows = Int8Rows::new(&wv, co, k);
+        let mut a = vec![0u8; m * rows.k_padded];
+        im2col_u8(&image, &s, zero_point, rows.k_padded, &mut a);
+        let mut want = vec![0i32; m * co];
+        gemm_u8i8(IntIsa::Portable, &a, m, &rows, &mut want);
+        let want_sums: Vec<i32> = a
+            .chunks_exact(rows.k_padded)
+            .map(|r| r[..k].iter().map(|&v| v as i32).sum())
+            .collect();
+
+        let cp = c.div_ceil(4) * 4;
+        let quad_rows = Int8Rows::new(&reorder_to_taps(&wv, co, c, cp, (kk, kk)), co, cp * kk * kk);
+        assert_eq!(quad_rows.row_sums, rows.row_sums);
+        let shape = QuadShape {
+            m,
+            k: quad_rows.cols,
+        };
+        let mut quads = vec![0u8; shape.len()];
+        let mut scratch = Vec::new();
+        im2col_quads_u8(&image, &s, zero_point, &mut scratch, &mut quads);
+        let mut sums = vec![0i32; m];
+        quad_row_sums(&quads, shape, &mut sums);
+        assert_eq!(sums, want_sums, "case {i}: activation sums");
+        for isa in [IntIsa::Avx512Vnni, IntIsa::Portable] {
+            if !isa.supported() {
+                continue;
+            }
+            let mut got = vec![-1i32; m * co];
+            gemm_quads(isa, &quads, shape, &quad_rows, &mut got);
+            for p in 0..m {
+                for o in 0..co {
+                    assert_eq!(
+                        got[o * m + p],
+                        want[p * co + o],
+                        "case {i} {isa:?} ({p}, {o})"
+                    );
+                }
+            }
+        }
+    }
 }

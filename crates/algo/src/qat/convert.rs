@@ -323,6 +323,7 @@ impl Converter {
                     padding: c.padding,
                     dilation: c.dilation,
                     taps: Default::default(),
+                    quad_taps: Default::default(),
                 };
                 self.replace(g, id, Box::new(cell))?;
             }

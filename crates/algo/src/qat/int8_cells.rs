@@ -4,10 +4,13 @@
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use gstick_nn::error::expect_inputs;
+use gstick_nn::kernels::for_each_chunk;
 use gstick_nn::{Cell, CellCtx};
-use gstick_quant::int8::im2col::{im2col_hwc_u8, im2col_u8, reorder_to_taps, to_hwc, ConvShape};
+use gstick_quant::int8::im2col::{
+    im2col_hwc_u8, im2col_quads_u8, im2col_u8, reorder_to_taps, to_hwc, ConvShape,
+};
+use gstick_quant::int8::quads::{gemm_quads, quad_row_sums, QuadShape};
 use gstick_quant::int8::{gemm_u8i8, gemm_u8i8_strided, ActQuant, Int8Rows, IntIsa, Strides};
-use rayon::prelude::*;
 
 /// Runs `f` on a quantized tensor's values, borrowed in place when they are contiguous (the
 /// usual case) rather than copied.
@@ -35,13 +38,12 @@ const ELEMENT_CHUNK: usize = 1 << 16;
 /// `f` of every value, in parallel.
 fn map_u8<T: Copy + Default + Send>(x: &[u8], f: impl Fn(u8) -> T + Sync) -> Vec<T> {
     let mut out = vec![T::default(); x.len()];
-    out.par_chunks_mut(ELEMENT_CHUNK)
-        .zip(x.par_chunks(ELEMENT_CHUNK))
-        .for_each(|(dst, src)| {
-            for (y, &u) in dst.iter_mut().zip(src) {
-                *y = f(u);
-            }
-        });
+    for_each_chunk(&mut out, ELEMENT_CHUNK, |i, dst| {
+        let src = &x[i * ELEMENT_CHUNK..i * ELEMENT_CHUNK + dst.len()];
+        for (y, &u) in dst.iter_mut().zip(src) {
+            *y = f(u);
+        }
+    });
     out
 }
 
@@ -204,6 +206,20 @@ impl Cell for Int8MaxPool {
         let ow = (w + 2 * p - k) / s + 1;
         let mut out = vec![0u8; n * c * oh * ow];
         let pool = |plane: &[u8], dst: &mut [u8]| {
+            if p == 0 {
+                // Every window lies inside the plane: no border checks.
+                for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
+                    row.fill(0);
+                    for ky in 0..k {
+                        let line = &plane[(oy * s + ky) * w..(oy * s + ky + 1) * w];
+                        for (ox, m) in row.iter_mut().enumerate() {
+                            let window = &line[ox * s..ox * s + k];
+                            *m = window.iter().fold(*m, |a, &b| a.max(b));
+                        }
+                    }
+                }
+                return;
+            }
             for oy in 0..oh {
                 for ox in 0..ow {
                     let mut m = 0u8;
@@ -220,10 +236,20 @@ impl Cell for Int8MaxPool {
                 }
             }
         };
+        // Planes are small: several per task.
+        const PLANES: usize = 32;
         with_u8(&inputs[0], |u| {
-            out.par_chunks_mut(oh * ow)
-                .zip(u.par_chunks(h * w))
-                .for_each(|(dst, plane)| pool(plane, dst))
+            for_each_chunk(&mut out, oh * ow * PLANES, |i, dst| {
+                let planes = &u[i * h * w * PLANES..(i * PLANES + dst.len() / (oh * ow)) * h * w];
+                {
+                    for (dst, plane) in dst
+                        .chunks_exact_mut(oh * ow)
+                        .zip(planes.chunks_exact(h * w))
+                    {
+                        pool(plane, dst)
+                    }
+                }
+            })
         })?;
         u8_tensor(out, &[n, c, oh, ow])
     }
@@ -296,7 +322,15 @@ struct Grid {
 
 impl Grid {
     fn new(quant: &ActQuant, relu: bool) -> Self {
-        let position = |x: f32| (x.clamp(quant.min, quant.max) - quant.min) / quant.scale + 0.5;
+        let position = |x: f32| {
+            let t = (x.clamp(quant.min, quant.max) - quant.min) / quant.scale + 0.5;
+            // Degenerate parameters must not break the unchecked cast of `to_u8`.
+            if t.is_finite() {
+                t.clamp(0.5, 255.5)
+            } else {
+                0.5
+            }
+        };
         Grid {
             lo: if relu { position(0.0) } else { 0.5 },
             hi: position(quant.max),
@@ -305,9 +339,11 @@ impl Grid {
 
     #[inline(always)]
     fn to_u8(self, t: f32) -> u8 {
-        // In [0.5, 255.5] after the clamp (a NaN takes the lower bound), so the i32 cast
-        // truncates to 0..=255 and vectorizes.
-        t.max(self.lo).min(self.hi) as i32 as u8
+        let t = t.max(self.lo).min(self.hi);
+        // SAFETY: `t` is in [lo, hi] within [0.5, 255.5] (`max` maps a NaN to `lo`), so it is
+        // finite and fits an i32. The unchecked truncation vectorizes; the saturating cast
+        // compiles to a branch per value.
+        unsafe { t.to_int_unchecked::<i32>() as u8 }
     }
 }
 
@@ -359,16 +395,54 @@ impl Finish for f32 {
 impl Finish for u8 {
     fn finish(acc: &[i32], sums: &[i32], ch: &ChannelAffine, grid: Option<Grid>, dst: &mut [u8]) {
         let grid = grid.expect("a quantized output has a grid");
-        if ch.zw == 0 {
-            for (y, &a) in dst.iter_mut().zip(acc) {
-                *y = grid.to_u8(ch.value(a, 0));
-            }
-        } else {
-            for ((y, &a), &s) in dst.iter_mut().zip(acc).zip(sums) {
-                *y = grid.to_u8(ch.value(a, s));
-            }
+        // The same loop compiled for wider vectors where the CPU has them; the float operations
+        // are the same, so the bytes are too.
+        #[cfg(target_arch = "x86_64")]
+        match IntIsa::detect() {
+            // SAFETY: `detect` only names instruction sets this CPU supports.
+            IntIsa::Avx512Vnni => return unsafe { finish_u8_avx512(acc, sums, ch, grid, dst) },
+            IntIsa::Avx2 => return unsafe { finish_u8_avx2(acc, sums, ch, grid, dst) },
+            IntIsa::Portable => {}
+        }
+        finish_u8(acc, sums, ch, grid, dst)
+    }
+}
+
+#[inline(always)]
+fn finish_u8(acc: &[i32], sums: &[i32], ch: &ChannelAffine, grid: Grid, dst: &mut [u8]) {
+    if ch.zw == 0 {
+        for (y, &a) in dst.iter_mut().zip(acc) {
+            *y = grid.to_u8(ch.value(a, 0));
+        }
+    } else {
+        for ((y, &a), &s) in dst.iter_mut().zip(acc).zip(sums) {
+            *y = grid.to_u8(ch.value(a, s));
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn finish_u8_avx512(
+    acc: &[i32],
+    sums: &[i32],
+    ch: &ChannelAffine,
+    grid: Grid,
+    dst: &mut [u8],
+) {
+    finish_u8(acc, sums, ch, grid, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn finish_u8_avx2(
+    acc: &[i32],
+    sums: &[i32],
+    ch: &ChannelAffine,
+    grid: Grid,
+    dst: &mut [u8],
+) {
+    finish_u8(acc, sums, ch, grid, dst)
 }
 
 /// The channels' epilogues and, for a quantized output, its grid.
@@ -405,6 +479,29 @@ pub struct Int8Conv2d {
     pub dilation: usize,
     /// The weights in (ky, kx, channel) order for channels-last unfolding, made on first use.
     pub taps: std::sync::Arc<std::sync::OnceLock<Int8Rows>>,
+    /// The same with each tap's channels padded to whole quads, for the VNNI path.
+    pub quad_taps: std::sync::Arc<std::sync::OnceLock<Int8Rows>>,
+}
+
+/// A zeroed buffer whose slice starts on a 64-byte boundary, so the GEMM's 64-byte loads and
+/// stores of whole row blocks do not straddle cache lines.
+struct Aligned<T> {
+    buf: Vec<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: Copy + Default> Aligned<T> {
+    fn zeroed(len: usize) -> Self {
+        let spare = 64 / std::mem::size_of::<T>();
+        let buf = vec![T::default(); len + spare];
+        let start = buf.as_ptr().align_offset(64).min(spare);
+        Aligned { buf, start, len }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
 }
 
 /// Channels from which unfolding goes through a channels-last copy (runs of this many bytes
@@ -412,76 +509,102 @@ pub struct Int8Conv2d {
 const HWC_MIN_CHANNELS: usize = 4;
 
 impl Int8Conv2d {
-    fn tap_rows(&self) -> &Int8Rows {
-        self.taps.get_or_init(|| {
-            let w = &self.weights.rows;
-            let mut values = Vec::with_capacity(w.rows * w.cols);
-            for r in 0..w.rows {
-                values.extend_from_slice(&w.data[r * w.k_padded..r * w.k_padded + w.cols]);
-            }
-            let channels = w.cols / (self.kernel.0 * self.kernel.1);
-            let taps = reorder_to_taps(&values, w.rows, channels, self.kernel.0, self.kernel.1);
-            Int8Rows::new(&taps, w.rows, w.cols)
-        })
+    /// The weights in (ky, kx, channel) order, each tap's channels padded to `padded` with zeros.
+    fn taps_padded(&self, padded: usize) -> Int8Rows {
+        let w = &self.weights.rows;
+        let mut values = Vec::with_capacity(w.rows * w.cols);
+        for r in 0..w.rows {
+            values.extend_from_slice(&w.data[r * w.k_padded..r * w.k_padded + w.cols]);
+        }
+        let (kh, kw) = self.kernel;
+        let channels = w.cols / (kh * kw);
+        let taps = reorder_to_taps(&values, w.rows, channels, padded, (kh, kw));
+        Int8Rows::new(&taps, w.rows, padded * kh * kw)
     }
 
-    /// Every image: unfold, multiply (stored channel-major), then `finish` each channel's
-    /// dequantized value. One image per task; integer sums make the result independent of how
-    /// images are split across threads.
+    /// The weights for channels-last unfolding (made on first use).
+    fn tap_rows(&self) -> &Int8Rows {
+        let channels = self.weights.rows.cols / (self.kernel.0 * self.kernel.1);
+        self.taps.get_or_init(|| self.taps_padded(channels))
+    }
+
+    /// The weights for the quad layout: taps with channels padded to whole quads.
+    fn quad_rows(&self) -> &Int8Rows {
+        let channels = self.weights.rows.cols / (self.kernel.0 * self.kernel.1);
+        self.quad_taps
+            .get_or_init(|| self.taps_padded(channels.div_ceil(4) * 4))
+    }
+
+    /// Every image: unfold, multiply (stored channel-major), then finish each channel's values.
+    /// With VNNI the image is unfolded into the quad layout, whose GEMM writes channel-major
+    /// sums directly; otherwise into row-major windows (channels-last for wide layers). One run
+    /// of images per thread; integer sums make the result independent of the split and path.
     fn images<T: Finish>(&self, x: &[u8], shape: &ConvShape) -> Vec<T> {
         let (oh, ow) = shape.out_hw();
         let positions = oh * ow;
-        let (co, kp, cols) = (
-            self.weights.rows.rows,
-            self.weights.rows.k_padded,
-            self.weights.rows.cols,
-        );
+        let co = self.weights.rows.rows;
         let image_len = shape.channels * shape.height * shape.width;
         let n = x.len() / image_len.max(1);
         let mut out = vec![T::default(); n * co * positions];
         let isa = IntIsa::detect();
         let (channels, grid) = epilogue(&self.weights, &self.input, &self.out);
         let offsets = self.weights.offset();
-        let hwc = shape.channels >= HWC_MIN_CHANNELS;
-        let weights = if hwc {
-            self.tap_rows()
-        } else {
-            &self.weights.rows
+        let zp = self.input.zero_point;
+        let quad = isa == IntIsa::Avx512Vnni;
+        let hwc = !quad && shape.channels >= HWC_MIN_CHANNELS;
+        let weights = match (quad, hwc) {
+            (true, _) => self.quad_rows(),
+            (false, true) => self.tap_rows(),
+            (false, false) => &self.weights.rows,
         };
-        // One run of whole images per thread, each with its buffers allocated once.
+        let (kp, cols) = (weights.k_padded, weights.cols);
+        let qshape = QuadShape {
+            m: positions,
+            k: cols,
+        };
         let threads = gstick_nn::kernels::kernel_threads().max(1);
         let per_task = n.div_ceil(threads).max(1);
         let out_len = co * positions;
-        out.par_chunks_mut(out_len * per_task)
-            .zip(x.par_chunks(image_len * per_task))
-            .for_each(|(dst_images, src_images)| {
-                let mut rows = vec![0u8; positions * kp];
-                let mut acc = vec![0i32; positions * co];
-                let mut channels_last = vec![0u8; if hwc { image_len } else { 0 }];
+        for_each_chunk(&mut out, out_len * per_task, |i, dst_images| {
+            let first = i * per_task;
+            let src_images =
+                &x[first * image_len..(first + dst_images.len() / out_len) * image_len];
+            {
+                // Buffers allocated once per thread.
+                let mut unfolded =
+                    Aligned::<u8>::zeroed(if quad { qshape.len() } else { positions * kp });
+                let unfolded = unfolded.as_mut_slice();
+                let mut scratch = Vec::new();
+                let mut acc = Aligned::<i32>::zeroed(positions * co);
+                let acc = acc.as_mut_slice();
                 let mut sums = vec![0i32; positions];
                 for (dst, image) in dst_images
                     .chunks_exact_mut(out_len)
                     .zip(src_images.chunks_exact(image_len))
                 {
-                    if hwc {
-                        to_hwc(
-                            image,
-                            shape.channels,
-                            shape.height,
-                            shape.width,
-                            &mut channels_last,
-                        );
-                        im2col_hwc_u8(&channels_last, shape, self.input.zero_point, kp, &mut rows);
+                    if quad {
+                        im2col_quads_u8(image, shape, zp, &mut scratch, unfolded);
+                        gemm_quads(isa, unfolded, qshape, weights, acc);
+                        if offsets {
+                            quad_row_sums(unfolded, qshape, &mut sums);
+                        }
                     } else {
-                        im2col_u8(image, shape, self.input.zero_point, kp, &mut rows);
-                    }
-                    let strides = Strides {
-                        row: 1,
-                        col: positions,
-                    };
-                    gemm_u8i8_strided(isa, &rows, positions, weights, &mut acc, strides);
-                    if offsets {
-                        row_sums(&rows, kp, cols, &mut sums);
+                        if hwc {
+                            scratch.resize(image_len, 0);
+                            let (c, h, w) = (shape.channels, shape.height, shape.width);
+                            to_hwc(image, c, h, w, &mut scratch);
+                            im2col_hwc_u8(&scratch, shape, zp, kp, unfolded);
+                        } else {
+                            im2col_u8(image, shape, zp, kp, unfolded);
+                        }
+                        let strides = Strides {
+                            row: 1,
+                            col: positions,
+                        };
+                        gemm_u8i8_strided(isa, unfolded, positions, weights, acc, strides);
+                        if offsets {
+                            row_sums(unfolded, kp, cols, &mut sums);
+                        }
                     }
                     for ((ch, dst), acc) in channels
                         .iter()
@@ -491,7 +614,8 @@ impl Int8Conv2d {
                         T::finish(acc, &sums, ch, grid, dst);
                     }
                 }
-            });
+            }
+        });
         out
     }
 }
@@ -570,9 +694,9 @@ impl Int8Linear {
         let (channels, grid) = epilogue(&self.weights, &self.input, &self.out);
         let offsets = self.weights.offset();
         let mut out = vec![T::default(); m * n];
-        out.par_chunks_mut(CHUNK * n)
-            .zip(x.par_chunks(CHUNK * k))
-            .for_each(|(dst, src)| {
+        for_each_chunk(&mut out, CHUNK * n, |i, dst| {
+            let src = &x[i * CHUNK * k..(i * CHUNK + dst.len() / n) * k];
+            {
                 let mr = src.len() / k.max(1);
                 let mut padded = vec![0u8; mr * kp];
                 for (d, s) in padded.chunks_exact_mut(kp).zip(src.chunks_exact(k)) {
@@ -590,7 +714,8 @@ impl Int8Linear {
                         T::finish(&[a], &[s], ch, grid, std::slice::from_mut(y));
                     }
                 }
-            });
+            }
+        });
         out
     }
 }
@@ -680,13 +805,15 @@ impl Cell for Int8Add {
             f: impl Fn(u8, u8) -> T + Sync,
         ) -> Vec<T> {
             let mut out = vec![T::default(); x.len()];
-            out.par_chunks_mut(ELEMENT_CHUNK)
-                .zip(x.par_chunks(ELEMENT_CHUNK).zip(y.par_chunks(ELEMENT_CHUNK)))
-                .for_each(|(dst, (x, y))| {
+            for_each_chunk(&mut out, ELEMENT_CHUNK, |i, dst| {
+                let range = i * ELEMENT_CHUNK..i * ELEMENT_CHUNK + dst.len();
+                let (x, y) = (&x[range.clone()], &y[range]);
+                {
                     for ((d, &u), &v) in dst.iter_mut().zip(x).zip(y) {
                         *d = f(u, v);
                     }
-                });
+                }
+            });
             out
         }
         let (a, b) = (self.a, self.b);

@@ -100,11 +100,7 @@ pub(crate) fn contiguous<'a, T>(
 /// pool: pool workers spin between calls and, on a 2-core machine, steal time from the serial
 /// work in between. Each piece is computed the same way whatever the split, so results do not
 /// depend on the number of threads.
-pub(crate) fn for_each_chunk<T: Send>(
-    data: &mut [T],
-    chunk: usize,
-    f: impl Fn(usize, &mut [T]) + Sync,
-) {
+pub fn for_each_chunk<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let chunk = chunk.max(1);
     let pieces = data.len().div_ceil(chunk);
     let threads = cores().min(pieces).max(1);

@@ -66,3 +66,77 @@ unsafe fn block<const MR: usize, const NR: usize>(
         }
     }
 }
+
+/// The channel-major GEMM over the quad layout (see [`super::quads`]): tiles of 32 rows by 8
+/// channels keep 16 accumulators in registers; each step loads two row vectors and broadcasts
+/// eight weight quads.
+///
+/// # Safety
+/// As [`gemm`], with `a` holding `shape.len()` bytes, `b.k_padded >= 4 * shape.groups()` and `out`
+/// `b.rows * shape.m` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn gemm_quads(a: &[u8], shape: super::quads::QuadShape, b: &Int8Rows, out: &mut [i32]) {
+    let (m, mp, n) = (shape.m, shape.m_padded(), b.rows);
+    let mut i = 0;
+    while i < m {
+        let pair = m - i > 16;
+        let mut j = 0;
+        while j < n {
+            let nr = (n - j).min(8);
+            match (pair, nr) {
+                (true, 8) => quad_tile::<2, 8>(a, shape, mp, b, i, j, out),
+                (false, 8) => quad_tile::<1, 8>(a, shape, mp, b, i, j, out),
+                (true, 4..) => quad_tile::<2, 4>(a, shape, mp, b, i, j, out),
+                (false, 4..) => quad_tile::<1, 4>(a, shape, mp, b, i, j, out),
+                (true, _) => quad_tile::<2, 1>(a, shape, mp, b, i, j, out),
+                (false, _) => quad_tile::<1, 1>(a, shape, mp, b, i, j, out),
+            }
+            j += match nr {
+                8 => 8,
+                4.. => 4,
+                _ => 1,
+            };
+        }
+        i += if pair { 32 } else { 16 };
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn quad_tile<const MV: usize, const NR: usize>(
+    a: &[u8],
+    shape: super::quads::QuadShape,
+    mp: usize,
+    b: &Int8Rows,
+    i: usize,
+    j: usize,
+    out: &mut [i32],
+) {
+    let m = shape.m;
+    let mut acc = [[_mm512_setzero_si512(); MV]; NR];
+    let (ap, bp) = (a.as_ptr(), b.data.as_ptr());
+    for g in 0..shape.groups() {
+        let mut av = [_mm512_setzero_si512(); MV];
+        for v in 0..MV {
+            av[v] = _mm512_loadu_si512(ap.add((g * mp + i + 16 * v) * 4) as *const _);
+        }
+        for jj in 0..NR {
+            let w = (bp.add((j + jj) * b.k_padded + 4 * g) as *const i32).read_unaligned();
+            let wv = _mm512_set1_epi32(w);
+            for v in 0..MV {
+                acc[jj][v] = _mm512_dpbusd_epi32(acc[jj][v], av[v], wv);
+            }
+        }
+    }
+    for jj in 0..NR {
+        for v in 0..MV {
+            let row = i + 16 * v;
+            let dst = out.as_mut_ptr().add((j + jj) * m + row);
+            let left = m - row;
+            if left >= 16 {
+                _mm512_storeu_si512(dst as *mut _, acc[jj][v]);
+            } else {
+                _mm512_mask_storeu_epi32(dst, ((1u32 << left) - 1) as __mmask16, acc[jj][v]);
+            }
+        }
+    }
+}

@@ -178,21 +178,119 @@ fn unfold_taps(
     }
 }
 
-/// Weight rows from (channel, ky, kx) order to the (ky, kx, channel) order of
-/// [`im2col_hwc_u8`]; `values` is (rows, channels * kh * kw).
+/// The quad layout of [`super::quads`] straight from a channels-first image, with windows in the
+/// (ky, kx, channel) order of [`reorder_to_taps`] and each tap's channels padded to a multiple of
+/// 4 (`QuadShape::k` is `kh * kw * 4 * channels.div_ceil(4)`). The image is first interleaved once
+/// into `scratch` as padded planes of 4-channel quads (the zero point around the image, 0 in the
+/// padding channels, which meet zero weights and must not add to the activation sums); every
+/// tap's group row is then one run of that copy (a plain copy at stride 1), so no position needs
+/// a border check. Padding rows are not written (their sums are never stored).
+pub fn im2col_quads_u8(
+    image: &[u8],
+    s: &ConvShape,
+    zero_point: u8,
+    scratch: &mut Vec<u8>,
+    quads: &mut [u8],
+) {
+    let (oh, ow) = s.out_hw();
+    let cq = s.channels.div_ceil(4);
+    let shape = super::quads::QuadShape {
+        m: oh * ow,
+        k: s.kernel_h * s.kernel_w * cq * 4,
+    };
+    let (mp, plane) = (shape.m_padded(), s.height * s.width);
+    let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
+    scratch.clear();
+    scratch.resize(cq * ph * pw * 4, zero_point);
+    let real = s.channels - 4 * (cq - 1);
+    if real < 4 {
+        // The last quad's padding channels hold 0 everywhere.
+        let last = &mut scratch[(cq - 1) * ph * pw * 4..];
+        for quad in last.chunks_exact_mut(4) {
+            quad[real..].fill(0);
+        }
+    }
+    let zeros = vec![0u8; s.width];
+    for q in 0..cq {
+        for y in 0..s.height {
+            let line = |b: usize| match 4 * q + b {
+                c if c < s.channels => {
+                    &image[c * plane + y * s.width..c * plane + (y + 1) * s.width]
+                }
+                _ => zeros.as_slice(),
+            };
+            let at = ((q * ph + y + s.padding) * pw + s.padding) * 4;
+            interleave4(
+                &mut scratch[at..at + s.width * 4],
+                [line(0), line(1), line(2), line(3)],
+            );
+        }
+    }
+    let (st, d) = (s.stride, s.dilation);
+    for ky in 0..s.kernel_h {
+        for kx in 0..s.kernel_w {
+            for q in 0..cq {
+                let g = (ky * s.kernel_w + kx) * cq + q;
+                for oy in 0..oh {
+                    let at = (g * mp + oy * ow) * 4;
+                    let dst = &mut quads[at..at + ow * 4];
+                    let src = ((q * ph + oy * st + ky * d) * pw + kx * d) * 4;
+                    if st == 1 {
+                        dst.copy_from_slice(&scratch[src..src + ow * 4]);
+                    } else {
+                        for (ox, quad) in dst.chunks_exact_mut(4).enumerate() {
+                            let at = src + ox * st * 4;
+                            quad.copy_from_slice(&scratch[at..at + 4]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[4i + b] = lines[b][i]`, compiled for wide vectors where the CPU has them (the bytes are
+/// the same either way).
+fn interleave4(dst: &mut [u8], lines: [&[u8]; 4]) {
+    #[inline(always)]
+    fn body(dst: &mut [u8], [a, b, c, d]: [&[u8]; 4]) {
+        let n = dst.len() / 4;
+        let (a, b, c, d) = (&a[..n], &b[..n], &c[..n], &d[..n]);
+        for (i, q) in dst.chunks_exact_mut(4).enumerate() {
+            q.copy_from_slice(&[a[i], b[i], c[i], d[i]]);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn wide(dst: &mut [u8], lines: [&[u8]; 4]) {
+        body(dst, lines)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        // SAFETY: the features were just detected.
+        return unsafe { wide(dst, lines) };
+    }
+    body(dst, lines)
+}
+
+/// Weight rows from (channel, ky, kx) order to the (ky, kx, channel) order of [`im2col_hwc_u8`]
+/// and [`im2col_quads_u8`], each tap's channels padded with zero weights to `padded_channels`;
+/// `values` is (rows, channels * kh * kw), the result (rows, padded_channels * kh * kw).
 pub fn reorder_to_taps(
     values: &[i8],
     rows: usize,
     channels: usize,
-    kh: usize,
-    kw: usize,
+    padded_channels: usize,
+    (kh, kw): (usize, usize),
 ) -> Vec<i8> {
-    let k = channels * kh * kw;
-    let mut out = vec![0i8; values.len()];
+    let (k, kp) = (channels * kh * kw, padded_channels * kh * kw);
+    let mut out = vec![0i8; rows * kp];
     for r in 0..rows {
         for c in 0..channels {
             for t in 0..kh * kw {
-                out[r * k + t * channels + c] = values[r * k + c * kh * kw + t];
+                out[r * kp + t * padded_channels + c] = values[r * k + c * kh * kw + t];
             }
         }
     }
