@@ -115,6 +115,23 @@ fn activation_quantization_round_trips_on_its_grid() {
     for u in 0..=255u8 {
         assert_eq!(q.quantize(q.dequantize(u)), u);
     }
+    // The same integers as the plain saturating cast, for every kind of input and for ranges
+    // wider than the grid (where the cast saturates at 255).
+    let reference = |q: &ActQuant, x: f32| {
+        let c = x.clamp(q.min, q.max);
+        ((c - q.min) / q.scale + 0.5) as u8
+    };
+    let wide = ActQuant {
+        scale: s / 2.0,
+        ..q
+    };
+    for q in [q, wide] {
+        let mut inputs = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
+        inputs.extend((-4000..4000).map(|i| i as f32 * 1e-3));
+        for x in inputs {
+            assert_eq!(q.quantize(x), reference(&q, x), "{x} with scale {}", q.scale);
+        }
+    }
 }
 
 #[test]

@@ -93,7 +93,13 @@ impl Cell for Quantize {
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
         expect_inputs("Quantize", inputs, 1)?;
         let x: Vec<f32> = inputs[0].flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-        let u = x.iter().map(|&v| self.quant.quantize(v)).collect();
+        let mut u = vec![0u8; x.len()];
+        for_each_chunk(&mut u, ELEMENT_CHUNK, |i, dst| {
+            let src = &x[i * ELEMENT_CHUNK..i * ELEMENT_CHUNK + dst.len()];
+            for (q, &v) in dst.iter_mut().zip(src) {
+                *q = self.quant.quantize(v);
+            }
+        });
         u8_tensor(u, inputs[0].dims())
     }
     fn summary(&self) -> String {
@@ -206,6 +212,21 @@ impl Cell for Int8MaxPool {
         let ow = (w + 2 * p - k) / s + 1;
         let mut out = vec![0u8; n * c * oh * ow];
         let pool = |plane: &[u8], dst: &mut [u8]| {
+            if (k, s, p) == (2, 2, 0) {
+                // The common 2x2 pool: pairs of pairs.
+                for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
+                    let r0 = &plane[2 * oy * w..2 * oy * w + 2 * ow];
+                    let r1 = &plane[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
+                    for ((m, a), b) in row
+                        .iter_mut()
+                        .zip(r0.chunks_exact(2))
+                        .zip(r1.chunks_exact(2))
+                    {
+                        *m = a[0].max(a[1]).max(b[0].max(b[1]));
+                    }
+                }
+                return;
+            }
             if p == 0 {
                 // Every window lies inside the plane: no border checks.
                 for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {

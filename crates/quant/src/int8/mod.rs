@@ -28,9 +28,13 @@ impl ActQuant {
     #[inline]
     pub fn quantize(&self, x: f32) -> u8 {
         let c = x.clamp(self.min, self.max);
-        // The argument is never negative, so truncation is the floor (and, unlike `floor`
-        // without SSE4.1, inlines); `as` saturates at 255.
-        ((c - self.min) / self.scale + 0.5) as u8
+        // Never negative, so truncation is the floor (and, unlike `floor` without SSE4.1,
+        // inlines).
+        let t = (c - self.min) / self.scale + 0.5;
+        // Exactly the saturating `t as u8` (NaN to 0, then 0..=255), written so it vectorizes.
+        let t = if t.is_nan() { 0.0 } else { t.clamp(0.0, 255.0) };
+        // SAFETY: `t` is finite and within 0..=255.
+        unsafe { t.to_int_unchecked::<i32>() as u8 }
     }
 
     #[inline]
