@@ -148,7 +148,13 @@ fn scaled_t_factor(config: &SlbConfig) -> f64 {
     if rises <= 0 {
         return config.t_factor;
     }
-    let target = 1.2f64.powi(40);
+    // The original's run: its defaults over 100 epochs, at the last one.
+    let original = SlbConfig {
+        epoch_size: 100,
+        has_trained_epoch: 0,
+        ..SlbConfig::default()
+    };
+    let target = original.temperature(99).0;
     (target / config.t_start_val).powf(1.0 / rises as f64)
 }
 
@@ -333,11 +339,10 @@ pub fn qat(args: QatArgs) -> Result<()> {
                 (Box::new(algo), json, Vec::new())
             }
             QatAlgo::Slb => {
-                let recipe = match &args.recipe {
-                    Some(p) => Some(load_slb_config(p)?),
-                    None => None,
+                let mut config = match &args.recipe {
+                    Some(p) => load_slb_config(p)?,
+                    None => SlbConfig::default(),
                 };
-                let mut config = recipe.clone().unwrap_or_default();
                 config.weight_quant_dtype = match args.weight_bits {
                     1 => SlbBits::Int1,
                     2 => SlbBits::Int2,
@@ -347,7 +352,7 @@ pub fn qat(args: QatArgs) -> Result<()> {
                 config.epoch_size = args.epochs as i64;
                 config.has_trained_epoch = 0;
                 config.seed = args.seed;
-                if recipe.is_none() {
+                if args.recipe.is_none() {
                     config.t_factor = scaled_t_factor(&config);
                 }
                 let algo = Slb::new(config.clone())?;

@@ -1,5 +1,6 @@
-//! The training loop: forward in train mode, the loss (cross-entropy by default), backward, optimizer step, with
-//! callbacks at step and epoch boundaries (the hook point of QAT and pruning algorithms).
+//! The training loop: forward in train mode, the loss (cross-entropy by default), backward,
+//! optimizer step, with callbacks at step and epoch boundaries (the hook point of QAT and pruning
+//! algorithms).
 
 use std::io::IsTerminal;
 use std::time::Instant;

@@ -129,7 +129,12 @@ fn activation_quantization_round_trips_on_its_grid() {
         let mut inputs = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
         inputs.extend((-4000..4000).map(|i| i as f32 * 1e-3));
         for x in inputs {
-            assert_eq!(q.quantize(x), reference(&q, x), "{x} with scale {}", q.scale);
+            assert_eq!(
+                q.quantize(x),
+                reference(&q, x),
+                "{x} with scale {}",
+                q.scale
+            );
         }
     }
 }

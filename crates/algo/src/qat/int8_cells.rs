@@ -36,7 +36,10 @@ fn with_u8<R>(t: &Tensor, f: impl FnOnce(&[u8]) -> R) -> gstick_nn::Result<R> {
 const ELEMENT_CHUNK: usize = 1 << 16;
 
 /// `f` of every value, in parallel.
-fn map_u8<T: Copy + Default + Send>(x: &[u8], f: impl Fn(u8) -> T + Sync) -> Vec<T> {
+fn map_values<S: Copy + Sync, T: Copy + Default + Send>(
+    x: &[S],
+    f: impl Fn(S) -> T + Sync,
+) -> Vec<T> {
     let mut out = vec![T::default(); x.len()];
     for_each_chunk(&mut out, ELEMENT_CHUNK, |i, dst| {
         let src = &x[i * ELEMENT_CHUNK..i * ELEMENT_CHUNK + dst.len()];
@@ -93,14 +96,7 @@ impl Cell for Quantize {
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
         expect_inputs("Quantize", inputs, 1)?;
         let x: Vec<f32> = inputs[0].flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-        let mut u = vec![0u8; x.len()];
-        for_each_chunk(&mut u, ELEMENT_CHUNK, |i, dst| {
-            let src = &x[i * ELEMENT_CHUNK..i * ELEMENT_CHUNK + dst.len()];
-            for (q, &v) in dst.iter_mut().zip(src) {
-                *q = self.quant.quantize(v);
-            }
-        });
-        u8_tensor(u, inputs[0].dims())
+        u8_tensor(map_values(&x, |v| self.quant.quantize(v)), inputs[0].dims())
     }
     fn summary(&self) -> String {
         format!(
@@ -122,7 +118,7 @@ impl Cell for Dequantize {
     }
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
         expect_inputs("Dequantize", inputs, 1)?;
-        let x = with_u8(&inputs[0], |u| map_u8(u, |v| self.quant.dequantize(v)))?;
+        let x = with_u8(&inputs[0], |u| map_values(u, |v| self.quant.dequantize(v)))?;
         Ok(Tensor::from_vec(x, inputs[0].dims(), &Device::Cpu)?)
     }
 }
@@ -157,7 +153,7 @@ impl Cell for Requantize {
     }
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
         expect_inputs("Requantize", inputs, 1)?;
-        let u = with_u8(&inputs[0], |u| map_u8(u, |v| self.table[v as usize]))?;
+        let u = with_u8(&inputs[0], |u| map_values(u, |v| self.table[v as usize]))?;
         u8_tensor(u, inputs[0].dims())
     }
     fn summary(&self) -> String {
@@ -182,7 +178,7 @@ impl Cell for Int8Relu {
     }
     fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> gstick_nn::Result<Tensor> {
         expect_inputs("Int8ReLU", inputs, 1)?;
-        let u = with_u8(&inputs[0], |u| map_u8(u, |v| v.max(self.zero_point)))?;
+        let u = with_u8(&inputs[0], |u| map_values(u, |v| v.max(self.zero_point)))?;
         u8_tensor(u, inputs[0].dims())
     }
 }
@@ -262,13 +258,11 @@ impl Cell for Int8MaxPool {
         with_u8(&inputs[0], |u| {
             for_each_chunk(&mut out, oh * ow * PLANES, |i, dst| {
                 let planes = &u[i * h * w * PLANES..(i * PLANES + dst.len() / (oh * ow)) * h * w];
+                for (dst, plane) in dst
+                    .chunks_exact_mut(oh * ow)
+                    .zip(planes.chunks_exact(h * w))
                 {
-                    for (dst, plane) in dst
-                        .chunks_exact_mut(oh * ow)
-                        .zip(planes.chunks_exact(h * w))
-                    {
-                        pool(plane, dst)
-                    }
+                    pool(plane, dst)
                 }
             })
         })?;
@@ -397,6 +391,9 @@ impl Int8Weights {
 /// only when the channel's weight zero point is not 0).
 trait Finish: Copy + Default + Send {
     fn finish(acc: &[i32], sums: &[i32], ch: &ChannelAffine, grid: Option<Grid>, dst: &mut [Self]);
+
+    /// One value, for layers too small to finish by channel runs.
+    fn one(value: f32, grid: Option<Grid>) -> Self;
 }
 
 impl Finish for f32 {
@@ -410,6 +407,10 @@ impl Finish for f32 {
                 *y = ch.value(a, s);
             }
         }
+    }
+
+    fn one(value: f32, _: Option<Grid>) -> f32 {
+        value
     }
 }
 
@@ -426,6 +427,10 @@ impl Finish for u8 {
             IntIsa::Portable => {}
         }
         finish_u8(acc, sums, ch, grid, dst)
+    }
+
+    fn one(value: f32, grid: Option<Grid>) -> u8 {
+        grid.expect("a quantized output has a grid").to_u8(value)
     }
 }
 
@@ -590,50 +595,48 @@ impl Int8Conv2d {
             let first = i * per_task;
             let src_images =
                 &x[first * image_len..(first + dst_images.len() / out_len) * image_len];
+            // Buffers allocated once per thread.
+            let mut unfolded =
+                Aligned::<u8>::zeroed(if quad { qshape.len() } else { positions * kp });
+            let unfolded = unfolded.as_mut_slice();
+            let mut scratch = Vec::new();
+            let mut acc = Aligned::<i32>::zeroed(positions * co);
+            let acc = acc.as_mut_slice();
+            let mut sums = vec![0i32; positions];
+            for (dst, image) in dst_images
+                .chunks_exact_mut(out_len)
+                .zip(src_images.chunks_exact(image_len))
             {
-                // Buffers allocated once per thread.
-                let mut unfolded =
-                    Aligned::<u8>::zeroed(if quad { qshape.len() } else { positions * kp });
-                let unfolded = unfolded.as_mut_slice();
-                let mut scratch = Vec::new();
-                let mut acc = Aligned::<i32>::zeroed(positions * co);
-                let acc = acc.as_mut_slice();
-                let mut sums = vec![0i32; positions];
-                for (dst, image) in dst_images
-                    .chunks_exact_mut(out_len)
-                    .zip(src_images.chunks_exact(image_len))
-                {
-                    if quad {
-                        im2col_quads_u8(image, shape, zp, &mut scratch, unfolded);
-                        gemm_quads(isa, unfolded, qshape, weights, acc);
-                        if offsets {
-                            quad_row_sums(unfolded, qshape, &mut sums);
-                        }
+                if quad {
+                    im2col_quads_u8(image, shape, zp, &mut scratch, unfolded);
+                    gemm_quads(isa, unfolded, qshape, weights, acc);
+                    if offsets {
+                        quad_row_sums(unfolded, qshape, &mut sums);
+                    }
+                } else {
+                    if hwc {
+                        scratch.resize(image_len, 0);
+                        let (c, h, w) = (shape.channels, shape.height, shape.width);
+                        to_hwc(image, c, h, w, &mut scratch);
+                        im2col_hwc_u8(&scratch, shape, zp, kp, unfolded);
                     } else {
-                        if hwc {
-                            scratch.resize(image_len, 0);
-                            let (c, h, w) = (shape.channels, shape.height, shape.width);
-                            to_hwc(image, c, h, w, &mut scratch);
-                            im2col_hwc_u8(&scratch, shape, zp, kp, unfolded);
-                        } else {
-                            im2col_u8(image, shape, zp, kp, unfolded);
-                        }
-                        let strides = Strides {
-                            row: 1,
-                            col: positions,
-                        };
-                        gemm_u8i8_strided(isa, unfolded, positions, weights, acc, strides);
-                        if offsets {
-                            row_sums(unfolded, kp, cols, &mut sums);
-                        }
+                        im2col_u8(image, shape, zp, kp, unfolded);
                     }
-                    for ((ch, dst), acc) in channels
-                        .iter()
-                        .zip(dst.chunks_exact_mut(positions))
-                        .zip(acc.chunks_exact(positions))
-                    {
-                        T::finish(acc, &sums, ch, grid, dst);
+                    let strides = Strides {
+                        row: 1,
+                        col: positions,
+                    };
+                    gemm_u8i8_strided(isa, unfolded, positions, weights, acc, strides);
+                    if offsets {
+                        row_sums(unfolded, kp, cols, &mut sums);
                     }
+                }
+                for ((ch, dst), acc) in channels
+                    .iter()
+                    .zip(dst.chunks_exact_mut(positions))
+                    .zip(acc.chunks_exact(positions))
+                {
+                    T::finish(acc, &sums, ch, grid, dst);
                 }
             }
         });
@@ -717,23 +720,20 @@ impl Int8Linear {
         let mut out = vec![T::default(); m * n];
         for_each_chunk(&mut out, CHUNK * n, |i, dst| {
             let src = &x[i * CHUNK * k..(i * CHUNK + dst.len() / n) * k];
-            {
-                let mr = src.len() / k.max(1);
-                let mut padded = vec![0u8; mr * kp];
-                for (d, s) in padded.chunks_exact_mut(kp).zip(src.chunks_exact(k)) {
-                    d[..k].copy_from_slice(s);
-                }
-                let mut acc = vec![0i32; mr * n];
-                gemm_u8i8(isa, &padded, mr, &self.weights.rows, &mut acc);
-                let mut sums = vec![0; mr];
-                if offsets {
-                    row_sums(&padded, kp, k, &mut sums);
-                }
-                for ((dst, acc), &s) in dst.chunks_exact_mut(n).zip(acc.chunks_exact(n)).zip(&sums)
-                {
-                    for ((y, &a), ch) in dst.iter_mut().zip(acc).zip(&channels) {
-                        T::finish(&[a], &[s], ch, grid, std::slice::from_mut(y));
-                    }
+            let mr = src.len() / k.max(1);
+            let mut padded = vec![0u8; mr * kp];
+            for (d, s) in padded.chunks_exact_mut(kp).zip(src.chunks_exact(k)) {
+                d[..k].copy_from_slice(s);
+            }
+            let mut acc = vec![0i32; mr * n];
+            gemm_u8i8(isa, &padded, mr, &self.weights.rows, &mut acc);
+            let mut sums = vec![0; mr];
+            if offsets {
+                row_sums(&padded, kp, k, &mut sums);
+            }
+            for ((dst, acc), &s) in dst.chunks_exact_mut(n).zip(acc.chunks_exact(n)).zip(&sums) {
+                for ((y, &a), ch) in dst.iter_mut().zip(acc).zip(&channels) {
+                    *y = T::one(ch.value(a, s), grid);
                 }
             }
         });
@@ -829,10 +829,8 @@ impl Cell for Int8Add {
             for_each_chunk(&mut out, ELEMENT_CHUNK, |i, dst| {
                 let range = i * ELEMENT_CHUNK..i * ELEMENT_CHUNK + dst.len();
                 let (x, y) = (&x[range.clone()], &y[range]);
-                {
-                    for ((d, &u), &v) in dst.iter_mut().zip(x).zip(y) {
-                        *d = f(u, v);
-                    }
+                for ((d, &u), &v) in dst.iter_mut().zip(x).zip(y) {
+                    *d = f(u, v);
                 }
             });
             out
