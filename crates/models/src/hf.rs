@@ -152,3 +152,9 @@ impl WeightSource for HfCheckpoint {
         self.tensor(name, shape)
     }
 }
+
+impl WeightSource for &HfCheckpoint {
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.tensor(name, shape)
+    }
+}

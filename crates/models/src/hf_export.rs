@@ -23,21 +23,7 @@ pub fn export_hf(
         path: out.display().to_string(),
         message: m,
     };
-    if out.exists() {
-        return Err(err("already exists; choose a new output directory".into()));
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.{}.partial", std::process::id()));
-    let write = || -> Result<()> {
-        std::fs::create_dir_all(&tmp)
-            .map_err(|e| err(format!("cannot create {}: {e}", tmp.display())))?;
+    gstick_nn::atomic::write_dir(out, |tmp| -> Result<()> {
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for (name, p) in named_params(net) {
             if config.tie_embeddings && name == "lm_head.weight" {
@@ -61,11 +47,6 @@ pub fn export_hf(
             .inner
             .save(tmp.join("tokenizer.json"), false)
             .map_err(|e| err(format!("writing tokenizer.json: {e}")))?;
-        std::fs::rename(&tmp, out).map_err(|e| err(format!("moving the export into place: {e}")))
-    };
-    let result = write();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
+        Ok(())
+    })
 }

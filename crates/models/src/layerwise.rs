@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor};
-use gstick_nn::cells::{Embedding, Linear, RmsNorm};
+use gstick_nn::cells::{Linear, RmsNorm};
 use gstick_nn::{Executor, Mode, Network};
 use rand::Rng as _;
 
@@ -27,22 +27,21 @@ impl<S: WeightSource> LayerwiseLm<S> {
     }
 
     /// The token embeddings of each window, (1, T, hidden): the inputs of decoder layer 0.
+    /// The rows are picked from the table as the `Embedding` cell does, without making the
+    /// table a parameter.
     pub fn embed(&mut self, windows: &[Vec<u32>]) -> Result<Vec<Tensor>> {
         let c = &self.config;
-        let table = Embedding::from_tensor(
-            self.src
-                .weight("model.embed_tokens.weight", &[c.vocab, c.hidden])?,
-        )?;
-        let mut g = Network::new();
-        let ids = g.add_input("input_ids");
-        let out = g.add_cell("model.embed_tokens", Box::new(table), &[ids])?;
-        g.set_outputs(&[out])?;
-        let mut exec = Executor::new(Mode::Eval, 0);
+        let table = self
+            .src
+            .weight("model.embed_tokens.weight", &[c.vocab, c.hidden])?
+            .detach();
         windows
             .iter()
             .map(|w| {
-                let input = Tensor::from_vec(w.clone(), (1, w.len()), &Device::Cpu)?;
-                Ok(exec.forward1(&g, &input)?)
+                let ids = Tensor::from_vec(w.clone(), w.len(), &Device::Cpu)?;
+                Ok(table
+                    .index_select(&ids, 0)?
+                    .reshape((1, w.len(), c.hidden))?)
             })
             .collect()
     }

@@ -12,6 +12,7 @@ mod lenet;
 pub mod llama;
 mod mnistnet;
 mod resnet;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -35,6 +35,22 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// The heads a q/k projection tensor (`….q_proj.weight`, `….k_proj.bias`) is split into for
+    /// RoPE, or `None` for any other tensor.
+    pub fn rope_heads(&self, tensor: &str) -> Option<usize> {
+        let stem = tensor
+            .strip_suffix(".weight")
+            .or_else(|| tensor.strip_suffix(".bias"))
+            .unwrap_or(tensor);
+        if stem.ends_with("q_proj") {
+            Some(self.heads)
+        } else if stem.ends_with("k_proj") {
+            Some(self.kv_heads)
+        } else {
+            None
+        }
+    }
+
     /// Checks that the numbers describe a buildable model.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
@@ -274,6 +290,33 @@ impl LlamaConfig {
 /// Supplies a weight by Hugging Face name and expected row-major shape.
 pub trait WeightSource {
     fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor>;
+
+    /// The weight's values as f32, row-major (exporters stream these; a source may avoid the
+    /// tensor's copy).
+    fn values(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.weight(name, shape)?;
+        Ok(t.to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?)
+    }
+}
+
+impl<T: WeightSource + ?Sized> WeightSource for Box<T> {
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        (**self).weight(name, shape)
+    }
+    fn values(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        (**self).values(name, shape)
+    }
+}
+
+impl<T: WeightSource + ?Sized> WeightSource for &mut T {
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        (**self).weight(name, shape)
+    }
+    fn values(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        (**self).values(name, shape)
+    }
 }
 
 fn linear(
@@ -420,6 +463,52 @@ pub struct GgufWeights<'a> {
     pub permuted_qk: bool,
 }
 
+impl<'a> GgufWeights<'a> {
+    /// The weights of `gguf` with the configuration it describes.
+    pub fn new(gguf: &'a Gguf) -> Result<Self> {
+        Ok(GgufWeights {
+            gguf,
+            config: LlamaConfig::from_gguf(gguf)?,
+            permuted_qk: permutes_qk(gguf)?,
+        })
+    }
+}
+
+/// Whether llama.cpp stored this file's q/k rows permuted for its interleaved RoPE (it does for
+/// the `llama` architecture only).
+pub fn permutes_qk(gguf: &Gguf) -> Result<bool> {
+    Ok(gguf.require_str("general.architecture")? == "llama")
+}
+
+/// Every tensor of the model by Hugging Face name with its shape, in the order of the network's
+/// parameters (`named_params`); a tied LM head is not listed (it is the embedding). Nothing is
+/// loaded: the graph is built from placeholder values and only the names and shapes are kept.
+pub fn tensor_specs(c: &LlamaConfig) -> Result<Vec<(String, Vec<usize>)>> {
+    struct Shapes(std::collections::BTreeMap<String, Vec<usize>>);
+    impl WeightSource for Shapes {
+        fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+            self.0.insert(name.to_string(), shape.to_vec());
+            Ok(Tensor::zeros(
+                1,
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )?)
+        }
+    }
+    let mut shapes = Shapes(Default::default());
+    let net = build_llama(c, &mut shapes)?;
+    gstick_nn::named_params(&net)
+        .into_iter()
+        .filter(|(name, _)| !(c.tie_embeddings && name == "lm_head.weight"))
+        .map(|(name, _)| {
+            let shape = shapes.0.get(&name).cloned().ok_or_else(|| {
+                Error::Config(format!("`{name}` was never read from the weight source"))
+            })?;
+            Ok((name, shape))
+        })
+        .collect()
+}
+
 /// The llama.cpp name of a Hugging Face tensor name.
 pub fn gguf_name(hf: &str) -> Option<String> {
     let fixed = match hf {
@@ -451,26 +540,25 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{mapped}"))
 }
 
-/// Undoes llama.cpp's q/k row permutation for interleaved RoPE: rows viewed as
-/// (heads, head_dim / 2, 2, ...) go back to (heads, 2, head_dim / 2, ...).
-pub fn unpermute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
-    let dims = t.dims().to_vec();
-    let rows = dims[0];
-    let rest: usize = dims[1..].iter().product();
-    if heads == 0 || !rows.is_multiple_of(heads * 2) {
-        return Err(Error::Config(format!(
-            "cannot un-permute {rows} rows into {heads} heads"
-        )));
-    }
-    let half = rows / heads / 2;
-    Ok(t.reshape((heads, half, 2, rest))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(dims)?)
+/// The row of our (Hugging Face) layout that GGUF row `g` of a q/k projection with `heads` heads
+/// holds: GGUF row (head, i, t) holds our row (head, t, i).
+pub fn hf_row(g: usize, rows: usize, heads: usize) -> usize {
+    let head_dim = rows / heads.max(1);
+    let (h, rest) = (g / head_dim, g % head_dim);
+    h * head_dim + (rest % 2) * (head_dim / 2) + rest / 2
 }
 
-impl WeightSource for GgufWeights<'_> {
-    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+/// The GGUF row that holds row `r` of our layout (the inverse of [`hf_row`]).
+pub fn gguf_row(r: usize, rows: usize, heads: usize) -> usize {
+    let head_dim = rows / heads.max(1);
+    let half = head_dim / 2;
+    let (h, rest) = (r / head_dim, r % head_dim);
+    h * head_dim + (rest % half.max(1)) * 2 + rest / half.max(1)
+}
+
+impl GgufWeights<'_> {
+    /// The GGUF name of `name`, checked against the expected shape.
+    fn checked_name(&self, name: &str, shape: &[usize]) -> Result<String> {
         let gguf_name =
             gguf_name(name).ok_or_else(|| Error::Config(format!("no GGUF name for `{name}`")))?;
         let info = self.gguf.tensor_info(&gguf_name)?;
@@ -480,28 +568,48 @@ impl WeightSource for GgufWeights<'_> {
                 message: format!("tensor `{gguf_name}` ({name}) has shape {:?}, the configuration needs {shape:?}", info.shape()),
             });
         }
-        let t = self.gguf.dequantize(&gguf_name)?;
-        if !self.permuted_qk {
-            Ok(t)
-        } else if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
-            unpermute_rows(&t, self.config.heads)
-        } else if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
-            unpermute_rows(&t, self.config.kv_heads)
-        } else {
-            Ok(t)
+        Ok(gguf_name)
+    }
+
+    /// The heads a tensor's rows are permuted by in the file, if they are.
+    fn permuted_heads(&self, name: &str) -> Option<usize> {
+        self.config.rope_heads(name).filter(|_| self.permuted_qk)
+    }
+}
+
+impl WeightSource for GgufWeights<'_> {
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let values = self.values(name, shape)?;
+        // A variable tensor: the parameter made from it shares its storage instead of copying.
+        Ok(candle_core::Var::from_vec(values, shape, &candle_core::Device::Cpu)?.into_inner())
+    }
+
+    fn values(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let gguf_name = self.checked_name(name, shape)?;
+        let values = self.gguf.dequantize_values(&gguf_name)?;
+        let Some(heads) = self.permuted_heads(name) else {
+            return Ok(values);
+        };
+        let rows = shape.first().copied().unwrap_or(1);
+        if heads == 0 || !rows.is_multiple_of(heads * 2) {
+            return Err(Error::Config(format!(
+                "cannot un-permute {rows} rows of `{name}` into {heads} heads"
+            )));
         }
+        let cols = values.len() / rows;
+        Ok((0..rows)
+            .flat_map(|r| {
+                let g = gguf_row(r, rows, heads);
+                values[g * cols..(g + 1) * cols].iter().copied()
+            })
+            .collect())
     }
 }
 
 /// Loads a Llama-family model from a GGUF file.
 pub fn load_llama_gguf(gguf: &Gguf) -> Result<(Network, LlamaConfig)> {
-    let config = LlamaConfig::from_gguf(gguf)?;
-    let permuted_qk = gguf.require_str("general.architecture")? == "llama";
-    let mut src = GgufWeights {
-        gguf,
-        config: config.clone(),
-        permuted_qk,
-    };
+    let mut src = GgufWeights::new(gguf)?;
+    let config = src.config.clone();
     let net = build_llama(&config, &mut src)?;
     Ok((net, config))
 }

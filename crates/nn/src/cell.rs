@@ -59,9 +59,6 @@ pub trait Cell: CellBase + Send + Sync + fmt::Debug {
     fn params(&self) -> Vec<(&'static str, &Param)> {
         Vec::new()
     }
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut Param)> {
-        Vec::new()
-    }
     /// Hyper-parameters in one line, for the node table.
     fn summary(&self) -> String {
         String::new()

@@ -29,6 +29,8 @@ pub enum Error {
     Checkpoint { path: String, message: String },
     #[error("invalid setting: {0}")]
     Config(String),
+    #[error("{path} already exists; choose a new output path (inputs are never overwritten)")]
+    Exists { path: String },
     #[error("i/o error on {path}: {source}")]
     Io {
         path: String,

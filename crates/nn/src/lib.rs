@@ -5,6 +5,7 @@ pub mod atomic;
 pub mod cell;
 pub mod cells;
 pub mod checkpoint;
+pub mod comp_algo;
 pub mod error;
 pub mod executor;
 pub mod fuse;
@@ -18,6 +19,7 @@ pub mod schedule;
 pub mod train;
 
 pub use cell::{Cell, CellCtx, Mode, Network};
+pub use comp_algo::{CompAlgo, ConfigError};
 pub use error::{Error, Result};
 pub use executor::{Executor, HookCall};
 pub use kv_cache::KvCache;

@@ -1,14 +1,19 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use candle_core::{Tensor, Var};
 
 use crate::{Mode, Network};
 use gstick_rewrite::Op;
 
 /// A named tensor of a cell. Weights are trainable unless frozen; buffers (BatchNorm running
-/// statistics) are saved in checkpoints but never trained. Cloning a `Param` shares its storage.
+/// statistics) are saved in checkpoints but never trained. Cloning a `Param` shares its storage
+/// and its trainable flag: a parameter is frozen wherever it is used (tied weights included), and
+/// freezing needs no mutable access to the cells that hold it.
 #[derive(Clone, Debug)]
 pub struct Param {
     var: Var,
-    trainable: bool,
+    trainable: Arc<AtomicBool>,
     buffer: bool,
 }
 
@@ -17,7 +22,7 @@ impl Param {
     pub fn weight(t: Tensor) -> crate::Result<Self> {
         Ok(Param {
             var: Var::from_tensor(&t)?,
-            trainable: true,
+            trainable: Arc::new(AtomicBool::new(true)),
             buffer: false,
         })
     }
@@ -26,7 +31,7 @@ impl Param {
     pub fn buffer(t: Tensor) -> crate::Result<Self> {
         Ok(Param {
             var: Var::from_tensor(&t)?,
-            trainable: false,
+            trainable: Arc::new(AtomicBool::new(false)),
             buffer: true,
         })
     }
@@ -47,16 +52,16 @@ impl Param {
     }
 
     pub fn is_trainable(&self) -> bool {
-        self.trainable && !self.buffer
+        self.trainable.load(Ordering::Relaxed) && !self.buffer
     }
 
     pub fn is_buffer(&self) -> bool {
         self.buffer
     }
 
-    /// Marks a weight trainable or frozen; buffers stay untrainable.
-    pub fn set_trainable(&mut self, trainable: bool) {
-        self.trainable = trainable;
+    /// Marks a weight trainable or frozen (every clone sees it); buffers stay untrainable.
+    pub fn set_trainable(&self, trainable: bool) {
+        self.trainable.store(trainable, Ordering::Relaxed);
     }
 
     /// The tensor a forward pass in `mode` reads. Only a trainable weight in training mode is
@@ -86,33 +91,14 @@ pub fn named_params(net: &Network) -> Vec<(String, Param)> {
 }
 
 /// Marks every parameter whose name starts with one of `prefixes` trainable or frozen.
-/// Returns how many parameters changed.
-pub fn set_trainable(net: &mut Network, prefixes: &[&str], trainable: bool) -> usize {
-    fn walk(g: &mut Network, prefix: &str, prefixes: &[&str], trainable: bool, count: &mut usize) {
-        let ids = g.node_ids().to_vec();
-        for id in ids {
-            let Ok(node) = g.node_mut(id) else { continue };
-            let name = if prefix.is_empty() {
-                node.name().to_string()
-            } else {
-                format!("{prefix}.{}", node.name())
-            };
-            match node.op_mut() {
-                Op::Cell(cell) => {
-                    for (local, p) in cell.params_mut() {
-                        let full = format!("{name}.{local}");
-                        if prefixes.iter().any(|pre| full.starts_with(pre)) && !p.is_buffer() {
-                            p.set_trainable(trainable);
-                            *count += 1;
-                        }
-                    }
-                }
-                Op::SubGraph { graph, .. } => walk(graph, &name, prefixes, trainable, count),
-                Op::Input { .. } => {}
-            }
+/// Returns how many parameters (by name) changed.
+pub fn set_trainable(net: &Network, prefixes: &[&str], trainable: bool) -> usize {
+    let mut count = 0;
+    for (name, p) in named_params(net) {
+        if prefixes.iter().any(|pre| name.starts_with(pre)) && !p.is_buffer() {
+            p.set_trainable(trainable);
+            count += 1;
         }
     }
-    let mut count = 0;
-    walk(net, "", prefixes, trainable, &mut count);
     count
 }

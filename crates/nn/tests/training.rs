@@ -150,10 +150,7 @@ fn sgd_momentum_matches_the_formula() {
 #[test]
 fn frozen_parameters_do_not_move() {
     let mut net = mlp(0, false);
-    assert_eq!(
-        gstick_nn::param::set_trainable(&mut net, &["fc1."], false),
-        2
-    );
+    assert_eq!(gstick_nn::param::set_trainable(&net, &["fc1."], false), 2);
     let before = weights(&net);
     train(&mut net, Box::new(Sgd::new(0.0, false, 0.0)), 2);
     let after = weights(&net);

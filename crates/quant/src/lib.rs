@@ -1,11 +1,13 @@
-//! Quantization arithmetic and storage formats. No graph or tensor-library dependency: formats are
-//! bytes in, f32 out (and, later, f32 in, bytes out). The deploy kernels compute with the
-//! quantized weights directly.
+//! Quantization arithmetic, storage formats and the neutral description of a quantized model. No
+//! graph or tensor-library dependency: formats are bytes in, values out (and back), and the
+//! deploy kernels compute with the quantized weights directly.
 
-pub mod ggml;
+pub mod formats;
 pub mod int8;
 pub mod kernels;
+pub mod model;
 pub mod scheme;
 
-pub use ggml::{GgmlError, GgmlType};
-pub use scheme::{Granularity, QParams, QuantizedWeight, SchemeError, WeightScheme};
+pub use formats::{FormatError, GgmlError, GgmlType};
+pub use model::{FloatTensor, QuantizedLinear, QuantizedModel};
+pub use scheme::{Granularity, QParams, QuantDtype, QuantizedWeight, SchemeError, WeightScheme};

@@ -1,6 +1,7 @@
 //! Integer quantization arithmetic with the conventions of the original toolkit (spec §3.0):
 //! integer ranges, scale and zero point from a min/max, round-to-nearest quantization of weights
-//! per tensor, per output channel or per group of input channels, and int4 nibble packing.
+//! per tensor, per output channel or per group of input channels. (Packing integers into bytes
+//! belongs to the storage formats, `formats/`.)
 //!
 //! Rounding is to nearest with ties to even, as numpy's `round` that the original uses.
 
@@ -78,6 +79,38 @@ pub fn quantize(x: f64, p: QParams, (qmin, qmax): (i32, i32)) -> i32 {
 /// x ≈ (q - zp) * scale.
 pub fn dequantize(q: i32, p: QParams) -> f64 {
     (q as f64 - p.zero_point) * p.scale
+}
+
+/// Integer types of weights, activations and the KV cache, as configurations name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantDtype {
+    Int8,
+    Int4,
+    Int3,
+    Int2,
+}
+
+impl QuantDtype {
+    pub fn bits(self) -> u32 {
+        match self {
+            QuantDtype::Int8 => 8,
+            QuantDtype::Int4 => 4,
+            QuantDtype::Int3 => 3,
+            QuantDtype::Int2 => 2,
+        }
+    }
+
+    /// The dtype of `bits` (8, 4, 3 or 2).
+    pub fn from_bits(bits: u32) -> Option<QuantDtype> {
+        match bits {
+            8 => Some(QuantDtype::Int8),
+            4 => Some(QuantDtype::Int4),
+            3 => Some(QuantDtype::Int3),
+            2 => Some(QuantDtype::Int2),
+            _ => None,
+        }
+    }
 }
 
 /// Which values share one scale and zero point.
@@ -223,25 +256,4 @@ impl QuantizedWeight {
             })
             .collect()
     }
-}
-
-/// Packs signed 4-bit values two per byte along the last axis: element 2j in the low nibble,
-/// element 2j+1 in the high nibble (spec §3.0). An odd count leaves the last high nibble 0.
-pub fn pack_int4(values: &[i8]) -> Vec<u8> {
-    values
-        .chunks(2)
-        .map(|pair| {
-            (pair[0] as u8 & 0x0F) | ((pair.get(1).copied().unwrap_or(0) as u8 & 0x0F) << 4)
-        })
-        .collect()
-}
-
-/// The inverse of [`pack_int4`]: `count` sign-extended 4-bit values.
-pub fn unpack_int4(bytes: &[u8], count: usize) -> Vec<i8> {
-    let nibble = |n: u8| ((n << 4) as i8) >> 4;
-    bytes
-        .iter()
-        .flat_map(|&b| [nibble(b & 0x0F), nibble(b >> 4)])
-        .take(count)
-        .collect()
 }

@@ -1,6 +1,7 @@
 //! Quantization arithmetic against cases computed by hand with the conventions of spec §3.0.
 
-use gstick_quant::scheme::{dequantize, int_range, pack_int4, qparams, quantize, unpack_int4};
+use gstick_quant::formats::gs::{pack_int4, unpack_int4};
+use gstick_quant::scheme::{dequantize, int_range, qparams, quantize};
 use gstick_quant::{Granularity, QParams, SchemeError, WeightScheme};
 
 #[test]

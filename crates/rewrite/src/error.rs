@@ -25,6 +25,8 @@ pub enum Error {
     OutputOutOfRange { index: usize, count: usize },
     #[error("`{0}` is not a sub-graph node")]
     NotSubGraph(String),
+    #[error("`{0}` is not a cell node")]
+    NotCell(String),
     #[error("replacement is empty: at least one new node is needed to take over `{0}`")]
     EmptyReplacement(String),
     #[error("new node #{index} refers to new node #{refers}, which does not come before it")]

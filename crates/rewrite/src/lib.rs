@@ -10,12 +10,14 @@ mod error;
 mod graph;
 mod pattern;
 mod print;
+mod replace_cells;
 
 pub use edit::{Arg, NewNode, Position};
 pub use error::{Error, Result};
 pub use graph::{Graph, Node, NodeId, Op, Payload};
 pub use pattern::{Match, Pattern, PatternEngine, Replacement};
 pub use print::{render_svg, DotOptions};
+pub use replace_cells::CellSite;
 
 /// Free-form per-node metadata (for example a layer's quantization policy).
 pub type AttrValue = serde_json::Value;

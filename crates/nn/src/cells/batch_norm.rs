@@ -93,15 +93,6 @@ impl Cell for BatchNorm2d {
         ]
     }
 
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut Param)> {
-        vec![
-            ("weight", &mut self.weight),
-            ("bias", &mut self.bias),
-            ("running_mean", &mut self.running_mean),
-            ("running_var", &mut self.running_var),
-        ]
-    }
-
     fn summary(&self) -> String {
         format!(
             "{} channels, eps {}, momentum {}",

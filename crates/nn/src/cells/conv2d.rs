@@ -127,12 +127,6 @@ impl Cell for Conv2d {
         p
     }
 
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut Param)> {
-        let mut p = vec![("weight", &mut self.weight)];
-        p.extend(self.bias.as_mut().map(|b| ("bias", b)));
-        p
-    }
-
     fn summary(&self) -> String {
         let d = self.weight.tensor().dims();
         let c = self.config;

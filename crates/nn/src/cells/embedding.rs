@@ -36,10 +36,6 @@ impl Cell for Embedding {
         vec![("weight", &self.weight)]
     }
 
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut Param)> {
-        vec![("weight", &mut self.weight)]
-    }
-
     fn summary(&self) -> String {
         format!("{:?}", self.weight.tensor().dims())
     }
@@ -79,10 +75,6 @@ impl Cell for AddEmbedding {
 
     fn params(&self) -> Vec<(&'static str, &Param)> {
         vec![("weight", &self.weight)]
-    }
-
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut Param)> {
-        vec![("weight", &mut self.weight)]
     }
 
     fn summary(&self) -> String {

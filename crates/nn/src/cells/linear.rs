@@ -82,12 +82,6 @@ impl Cell for Linear {
         p
     }
 
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut Param)> {
-        let mut p = vec![("weight", &mut self.weight)];
-        p.extend(self.bias.as_mut().map(|b| ("bias", b)));
-        p
-    }
-
     fn summary(&self) -> String {
         format!(
             "{} -> {}{}",

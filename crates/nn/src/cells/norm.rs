@@ -49,10 +49,6 @@ impl Cell for LayerNorm {
         vec![("weight", &self.weight), ("bias", &self.bias)]
     }
 
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut Param)> {
-        vec![("weight", &mut self.weight), ("bias", &mut self.bias)]
-    }
-
     fn summary(&self) -> String {
         format!(
             "{} features, eps {}",
@@ -100,10 +96,6 @@ impl Cell for RmsNorm {
 
     fn params(&self) -> Vec<(&'static str, &Param)> {
         vec![("weight", &self.weight)]
-    }
-
-    fn params_mut(&mut self) -> Vec<(&'static str, &mut Param)> {
-        vec![("weight", &mut self.weight)]
     }
 
     fn summary(&self) -> String {

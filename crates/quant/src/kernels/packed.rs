@@ -5,6 +5,7 @@
 //! schemes (and GGUF's Q4_1 "scale and minimum" blocks): a row's output is
 //! `sum_g scale_g * dot(x_g, u_g) + offset_g * sum(x_g)`.
 
+use crate::formats::{q4_0, q4_1, q8_0, FormatError, GgmlType};
 use crate::scheme::{Granularity, QuantizedWeight};
 
 /// Columns per int4 chunk. A chunk is 16 bytes: byte `i` holds column `i` in its low nibble and
@@ -75,6 +76,76 @@ impl PackedWeight {
             scales,
             offsets,
         }
+    }
+
+    /// Packs a (rows, cols) weight stored as GGML blocks of Q8_0, Q4_0 or Q4_1, row `r` taken
+    /// from stored row `source_row(r)` (GGUF permutes the rows of q/k projections). The stored
+    /// integers are kept as they are (GGML's nibble order is the kernels' chunk order), so the
+    /// kernels compute with exactly the values the file dequantizes to.
+    pub fn from_ggml(
+        ty: GgmlType,
+        data: &[u8],
+        rows: usize,
+        cols: usize,
+        source_row: impl Fn(usize) -> usize,
+    ) -> Result<PackedWeight, FormatError> {
+        let block = ty.block_len();
+        if !matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1) {
+            return Err(FormatError(format!(
+                "{} blocks do not run on the packed kernels (Q8_0, Q4_0, Q4_1 do)",
+                ty.name()
+            )));
+        }
+        let expected = ty
+            .bytes_for(rows * cols)
+            .map_err(|e| FormatError(e.to_string()))?;
+        if !cols.is_multiple_of(block) || data.len() != expected {
+            return Err(FormatError(format!(
+                "{} data of {} bytes does not hold {rows} rows of {cols} values",
+                ty.name(),
+                data.len()
+            )));
+        }
+        let row_bytes = cols / block * ty.block_bytes();
+        let blocks = rows * cols / block;
+        let (mut scales, mut offsets) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
+        let mut ints = Vec::with_capacity(rows * cols);
+        for r in 0..rows {
+            let src = source_row(r);
+            if src >= rows {
+                return Err(FormatError(format!(
+                    "row {r} maps to stored row {src} of {rows}"
+                )));
+            }
+            for b in data[src * row_bytes..(src + 1) * row_bytes].chunks_exact(ty.block_bytes()) {
+                let (d, m, q) = match ty {
+                    GgmlType::Q8_0 => {
+                        let (d, q) = q8_0::kernel_block(b);
+                        (d, 0.0, q)
+                    }
+                    GgmlType::Q4_0 => q4_0::kernel_block(b),
+                    _ => q4_1::kernel_block(b),
+                };
+                scales.push(d);
+                offsets.push(m);
+                ints.extend_from_slice(q);
+            }
+        }
+        if offsets.iter().all(|&o| o == 0.0) {
+            offsets.clear();
+        }
+        let data = match ty {
+            GgmlType::Q8_0 => PackedData::Int8(ints.into_iter().map(|b| b as i8).collect()),
+            _ => PackedData::Int4(ints),
+        };
+        Ok(PackedWeight {
+            rows,
+            cols,
+            group: block,
+            data,
+            scales,
+            offsets,
+        })
     }
 
     /// Blocks per row.

@@ -1,0 +1,374 @@
+//! `gstick bench`: training throughput of LeNet-5 on Fashion-MNIST, ours against PyTorch's
+//! measured in the same run when a Python with torch is available.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use gstick_data::Split;
+use gstick_nn::loss::cross_entropy;
+use gstick_nn::optim::{AdamW, Optimizer};
+use gstick_nn::{named_params, Executor, Mode};
+
+use crate::cli::datasets::{self, DatasetName};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchCommand {
+    #[command(subcommand)]
+    pub kind: Option<BenchKind>,
+    #[command(flatten)]
+    pub lenet: BenchArgs,
+}
+
+#[derive(clap::Subcommand)]
+pub enum BenchKind {
+    /// LeNet-5 training throughput (the default).
+    Lenet5(BenchArgs),
+    /// Peak memory and time of a layer-wise pass over every decoder layer of an LLM.
+    Layerwise(LlmBenchArgs),
+    /// Peak memory and time of the same windows through the fully loaded LLM.
+    Forward(LlmBenchArgs),
+    /// Batch-1 greedy decode tokens/s with the KV cache (and without, for comparison).
+    Decode(DecodeBenchArgs),
+    /// Perplexity throughput (tokens/s), against transformers in the same run when installed.
+    Ppl(PplBenchArgs),
+    /// Int8 and int4 deploy kernels against the f32 Linear path (GEMV and GEMM).
+    Kernels(crate::cli::kernel_bench::KernelBenchArgs),
+    /// Int8 deploy inference of LeNet-5 and ResNet-20 against our f32 networks.
+    CnnInt8(crate::cli::cnn_bench::CnnBenchArgs),
+}
+
+#[derive(Args)]
+pub struct PplBenchArgs {
+    /// A GGUF file.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub text: PathBuf,
+    #[arg(long, default_value_t = 2048)]
+    pub seqlen: usize,
+    #[arg(long, default_value_t = 4)]
+    pub windows: usize,
+    /// Python interpreter with torch and transformers (default: python3).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Skip the transformers baseline.
+    #[arg(long)]
+    pub no_transformers: bool,
+}
+
+fn ppl(args: PplBenchArgs) -> Result<()> {
+    let (net, _, tokenizer) = crate::cli::llm_cmd::load_lm(&args.model)?;
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("reading {}", args.text.display()))?;
+    let ids = tokenizer.encode(&text)?;
+    let ours = gstick_eval::perplexity(&net, &ids, args.seqlen, Some(args.windows), |_, _| {})?;
+    drop(net);
+    let mut report = serde_json::json!({
+        "bench": "llm-perplexity-throughput",
+        "seqlen": args.seqlen,
+        "windows": args.windows,
+        "gstick_tokens_per_s": ours.tokens_per_s,
+        "gstick_ppl": ours.ppl,
+    });
+    if !args.no_transformers {
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/ppl_transformers.py");
+        let out = Command::new(&args.python)
+            .arg(&script)
+            .arg(&args.model)
+            .arg(&args.text)
+            .arg(args.seqlen.to_string())
+            .arg(args.windows.to_string())
+            .output()
+            .with_context(|| format!("running {}", args.python))?;
+        if out.status.success() {
+            let v: serde_json::Value =
+                serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())?;
+            let theirs = v["tokens_per_s"]
+                .as_f64()
+                .context("no tokens_per_s from transformers")?;
+            report["transformers_tokens_per_s"] = theirs.into();
+            report["transformers_ppl"] = v["ppl"].clone();
+            report["ratio_gstick_over_transformers"] = (ours.tokens_per_s / theirs).into();
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            eprintln!(
+                "transformers baseline skipped: {}",
+                err.lines().last().unwrap_or("failed")
+            );
+        }
+    }
+    println!("{report}");
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct DecodeBenchArgs {
+    /// GGUF file or Hugging Face directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value = "The history of the printing press begins")]
+    pub prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub tokens: usize,
+    /// Weights to decode with, comma-separated: fp32, w8 (RTN per-channel) and w4 (RTN group 64),
+    /// the quantized ones on the deploy kernels.
+    #[arg(long, value_delimiter = ',', default_value = "fp32")]
+    pub weights: Vec<DecodeWeights>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecodeWeights {
+    Fp32,
+    W8,
+    W4,
+}
+
+/// Tokens/s of greedy decoding from the first generated token on (the prompt pass not counted).
+fn decode_rate(
+    net: &gstick_nn::Network,
+    prompt: &[u32],
+    tokens: usize,
+    use_cache: bool,
+) -> Result<f64> {
+    use gstick_models::generate::{generate, Sampling};
+    let mut first: Option<Instant> = None;
+    let out = generate(
+        net,
+        prompt,
+        tokens,
+        Sampling::Greedy,
+        None,
+        use_cache,
+        |_| {
+            first.get_or_insert_with(Instant::now);
+        },
+    )?;
+    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    Ok(out.len().saturating_sub(1) as f64 / seconds.max(1e-9))
+}
+
+fn decode(args: DecodeBenchArgs) -> Result<()> {
+    use gstick::ptq::config::WeightAlgo;
+    use gstick::ptq::PtqConfig;
+    let (net, _, tokenizer) = crate::cli::llm_cmd::load_lm(&args.model)?;
+    let prompt = tokenizer.encode(&args.prompt)?;
+    anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
+    let mut report = serde_json::json!({
+        "bench": "llm-greedy-decode",
+        "prompt_tokens": prompt.len(),
+        "tokens": args.tokens,
+        "threads": gstick_nn::kernels::kernel_threads(),
+    });
+    for &weights in &args.weights {
+        let config = match weights {
+            DecodeWeights::Fp32 => None,
+            DecodeWeights::W8 => Some(PtqConfig::default()),
+            DecodeWeights::W4 => Some(PtqConfig::weight_only(WeightAlgo::Rtn, 4, 64)?),
+        };
+        let key = format!("{weights:?}").to_lowercase();
+        let mut variant = net.clone();
+        if let Some(config) = &config {
+            let mut fake = net.clone();
+            gstick::ptq::rtn::apply_rtn(&mut fake, config, None)?;
+            let model = gstick::ptq::fake_quant_linear::quantized_model(&fake);
+            let d = gstick::deploy::install(&mut variant, &model)?;
+            report[format!("{key}_decoder_weight_mib")] =
+                (d.packed_bytes as f64 / 1048576.0).into();
+        }
+        let rate = decode_rate(&variant, &prompt, args.tokens, true)?;
+        eprintln!("{key}: {rate:.1} tokens/s");
+        report[format!("{key}_tokens_per_s")] = rate.into();
+        if weights == DecodeWeights::Fp32 {
+            report["fp32_tokens_per_s_recompute"] =
+                decode_rate(&variant, &prompt, args.tokens, false)?.into();
+        }
+    }
+    println!("{report}");
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LlmBenchArgs {
+    /// GGUF file or Hugging Face directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text to draw calibration windows from.
+    #[arg(long)]
+    pub text: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    pub windows: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub seqlen: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd.kind {
+        None => bench(cmd.lenet),
+        Some(BenchKind::Lenet5(args)) => bench(args),
+        Some(BenchKind::Layerwise(args)) => llm_memory(args, true),
+        Some(BenchKind::Forward(args)) => llm_memory(args, false),
+        Some(BenchKind::Decode(args)) => decode(args),
+        Some(BenchKind::Ppl(args)) => ppl(args),
+        Some(BenchKind::Kernels(args)) => crate::cli::kernel_bench::run(args),
+        Some(BenchKind::CnnInt8(args)) => crate::cli::cnn_bench::run(args),
+    }
+}
+
+/// Peak resident memory of this process so far, in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> Option<f64> {
+    gstick::memory::peak_resident_bytes().map(|b| b as f64 / 1048576.0)
+}
+
+fn llm_memory(args: LlmBenchArgs, layerwise: bool) -> Result<()> {
+    use gstick_models::layerwise::{calibration_windows, run_layer, LayerwiseLm};
+    let started = Instant::now();
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("reading {}", args.text.display()))?;
+    let gguf = gstick_models::gguf::Gguf::open(&args.model)?;
+    let tokenizer = gstick_models::tokenizer::tokenizer_from_gguf(&gguf)?;
+    let windows = calibration_windows(
+        &tokenizer.encode(&text)?,
+        args.windows,
+        args.seqlen,
+        args.seed,
+    )?;
+    let mut exec = Executor::new(Mode::Eval, 0);
+    let config = gstick_models::llama::LlamaConfig::from_gguf(&gguf)?;
+    if layerwise {
+        let src = gstick_models::llama::GgufWeights::new(&gguf)?;
+        let mut lm = LayerwiseLm::new(config.clone(), src)?;
+        let mut hidden = lm.embed(&windows)?;
+        for i in 0..config.layers {
+            let layer = lm.layer(i)?;
+            hidden = run_layer(&layer, &mut exec, &hidden)?;
+        }
+    } else {
+        let (net, _) = gstick_models::llama::load_llama_gguf(&gguf)?;
+        let body = gstick_eval::SplitLm::new(&net)?;
+        for w in &windows {
+            let input =
+                candle_core::Tensor::from_vec(w.clone(), (1, w.len()), &candle_core::Device::Cpu)?;
+            exec.forward1(body.body(), &input)?;
+        }
+    }
+    let report = serde_json::json!({
+        "bench": if layerwise { "llm-layerwise-pass" } else { "llm-full-forward" },
+        "layers": config.layers,
+        "windows": args.windows,
+        "seqlen": args.seqlen,
+        "seconds": started.elapsed().as_secs_f64(),
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Timed steps (after 20 warm-up steps).
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// Repeat the measurement and report the median.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Python interpreter with torch installed (default: python3).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Skip the PyTorch baseline.
+    #[arg(long)]
+    pub no_torch: bool,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let data = datasets::load(DatasetName::FashionMnist, Split::Train, None)?;
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..args.repeats.max(1) {
+        ours.push(ours_images_per_s(&data, args.batch_size, args.steps)?);
+        if !args.no_torch {
+            match torch_images_per_s(&args) {
+                Ok(v) => theirs.push(v),
+                Err(e) => {
+                    eprintln!("PyTorch baseline skipped: {e:#}");
+                    break;
+                }
+            }
+        }
+    }
+    let ours = median(&mut ours);
+    let mut report = serde_json::json!({
+        "bench": "lenet5-train-fashion-mnist",
+        "batch": args.batch_size,
+        "steps": args.steps,
+        "gstick_images_per_s": ours,
+    });
+    if !theirs.is_empty() {
+        let torch = median(&mut theirs);
+        report["pytorch_images_per_s"] = torch.into();
+        report["ratio_gstick_over_pytorch"] = (ours / torch).into();
+    }
+    println!("{report}");
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Same recipe as bench/lenet5_torch.py: AdamW (no decay) at 1e-3, 20 warm-up steps.
+fn ours_images_per_s(data: &gstick_data::Dataset, batch: usize, steps: usize) -> Result<f64> {
+    let mut net = gstick_models::lenet5(10, &mut gstick_nn::rng(0))?;
+    let mut exec = Executor::new(Mode::Train, 0);
+    let mut opt = AdamW::new(0.0);
+    // Endless batches: epoch after epoch, each with its own shuffle.
+    let mut batches = (0..).flat_map(|epoch| data.batches(batch, Some((0, epoch))));
+    let mut run = |n: usize, net: &mut gstick_nn::Network| -> Result<()> {
+        for _ in 0..n {
+            let (x, y) = batches.next().context("no batch")??;
+            let loss = cross_entropy(&exec.forward1(net, &x)?, &y)?;
+            let grads = loss.backward()?;
+            opt.step(&named_params(net), &grads, 1e-3)?;
+        }
+        Ok(())
+    };
+    run(20, &mut net)?;
+    let t = Instant::now();
+    run(steps, &mut net)?;
+    Ok((steps * batch) as f64 / t.elapsed().as_secs_f64())
+}
+
+fn torch_images_per_s(args: &BenchArgs) -> Result<f64> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/lenet5_torch.py");
+    let out = Command::new(&args.python)
+        .arg(&script)
+        .arg(args.batch_size.to_string())
+        .arg(args.steps.to_string())
+        .env("GSTICK_ASSETS", gstick_data::assets_dir())
+        .output()
+        .with_context(|| format!("running {}", args.python))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or("failed")
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim()).context("parsing the PyTorch result")?;
+    v["images_per_s"]
+        .as_f64()
+        .context("no images_per_s in the PyTorch result")
+}

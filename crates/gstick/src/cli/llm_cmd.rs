@@ -1,0 +1,200 @@
+//! `gstick eval ppl`, `gstick generate` and `gstick convert`: causal language models.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use gstick_models::bert::load_bert_embedder;
+use gstick_models::generate::{generate as run_generation, Sampling};
+use gstick_models::hf::HfCheckpoint;
+use gstick_models::hf_export::export_hf;
+use gstick_models::llama::LlamaConfig;
+use gstick_models::tokenizer::{tokenizer_from_hf, TextTokenizer};
+use gstick_nn::Network;
+
+#[derive(Args)]
+pub struct PplArgs {
+    /// A GGUF file (Llama, SmolLM2, Qwen2).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Plain-text evaluation file (the asset script writes wiki/eval.txt).
+    #[arg(long)]
+    pub text: PathBuf,
+    #[arg(long, default_value_t = 2048)]
+    pub seqlen: usize,
+    /// Number of windows (default: every whole window of the text).
+    #[arg(long)]
+    pub windows: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: usize,
+    /// Sample with this temperature instead of greedy decoding.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Recompute the whole sequence for every token instead of using the KV cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// Loads a causal LM and its tokenizer (see `gstick::load`), saying what runs on the kernels.
+pub fn load_lm(path: &Path) -> Result<(Network, LlamaConfig, TextTokenizer)> {
+    let lm = gstick::load(path).with_context(|| format!("loading {}", path.display()))?;
+    if let Some(d) = &lm.deploy {
+        eprintln!("{}", deploy_line(d));
+    }
+    Ok((lm.net, lm.config, lm.tokenizer))
+}
+
+/// What runs on the integer kernels, in one line.
+pub fn deploy_line(d: &gstick::deploy::DeployReport) -> String {
+    format!(
+        "deploy: {} Linear layers on {} kernels, {:.1} MiB of weights instead of {:.1} MiB in f32",
+        d.layers,
+        gstick_quant::kernels::Isa::detect().name(),
+        d.packed_bytes as f64 / 1048576.0,
+        d.f32_bytes as f64 / 1048576.0
+    )
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// A GGUF file or Hugging Face checkpoint directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Output Hugging Face directory (config.json, f32 model.safetensors, tokenizer.json); must
+    /// not exist yet.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn convert(args: ConvertArgs) -> Result<()> {
+    let (net, config, tokenizer) = load_lm(&args.model)?;
+    export_hf(&net, &config, &tokenizer, &args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+pub fn ppl(args: PplArgs) -> Result<()> {
+    let (net, _, tokenizer) = load_lm(&args.model)?;
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("reading {}", args.text.display()))?;
+    let ids = tokenizer.encode(&text)?;
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(|| indicatif::ProgressBar::new(0));
+    let report = gstick_eval::perplexity(&net, &ids, args.seqlen, args.windows, |done, total| {
+        if let Some(bar) = &bar {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if args.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["text_tokens"] = ids.len().into();
+        println!("{v}");
+    } else {
+        println!(
+            "perplexity {:.4} over {} windows of {} tokens ({:.1} s, {:.0} tokens/s)",
+            report.ppl, report.windows, report.seqlen, report.seconds, report.tokens_per_s
+        );
+    }
+    Ok(())
+}
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let (net, _, tokenizer) = load_lm(&args.model)?;
+    let prompt = tokenizer.encode(&args.prompt)?;
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let sampling = match args.temperature {
+        None => Sampling::Greedy,
+        Some(t) if t > 0.0 => Sampling::Temperature {
+            temperature: t,
+            seed: args.seed,
+        },
+        Some(t) => bail!("--temperature must be positive, got {t}"),
+    };
+    print!("{}", args.prompt);
+    let mut out = std::io::stdout();
+    let mut shown = String::new();
+    let mut new_ids = Vec::new();
+    run_generation(
+        &net,
+        &prompt,
+        args.max_tokens,
+        sampling,
+        tokenizer.eos,
+        !args.no_cache,
+        |id| {
+            // Decode the whole continuation each time so multi-byte characters print whole.
+            new_ids.push(id);
+            if let Ok(text) = tokenizer.decode(&new_ids) {
+                if let Some(fresh) = text.strip_prefix(shown.as_str()) {
+                    print!("{fresh}");
+                    let _ = out.flush();
+                }
+                shown = text;
+            }
+        },
+    )?;
+    println!();
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// Sentence-embedding model (a BERT checkpoint directory such as the MiniLM asset).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Reference model to compare with.
+    #[arg(long = "ref")]
+    pub reference: PathBuf,
+    /// Text file: one sentence per non-empty line.
+    #[arg(long)]
+    pub text: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gstick eval embed`: mean and minimum cosine between two models' sentence embeddings.
+pub fn embed(args: EmbedArgs) -> Result<()> {
+    let (model, _) = load_bert_embedder(&args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let (reference, _) = load_bert_embedder(&args.reference)
+        .with_context(|| format!("loading {}", args.reference.display()))?;
+    let tokenizer = tokenizer_from_hf(&HfCheckpoint::open(&args.reference)?)?;
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("reading {}", args.text.display()))?;
+    let sentences: Vec<Vec<u32>> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| tokenizer.encode_with_special(l))
+        .collect::<Result<_, _>>()?;
+    let report = gstick_eval::embedding_fidelity(&model, &reference, &sentences)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "cosine to the reference over {} sentences: mean {:.6}, minimum {:.6}",
+            report.sentences, report.mean_cosine, report.min_cosine
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! The library API end to end on a tiny synthetic model (no assets needed): source, calibration,
+//! quantizer, save in every format, load onto the kernels; the in-memory `Ptq` algorithm giving
+//! the same weights as the layer-wise run; refusals; hostile checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use gstick::nn::CompAlgo;
+use gstick::ptq::config::{PrecisionRecovery, WeightAlgo};
+use gstick::ptq::{Ptq, PtqConfig, Recipe};
+use gstick::{Calibration, Format, Quantizer, Source};
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp(tag: &str) -> TempDir {
+    let d = std::env::temp_dir().join(format!("gstick-lib-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    gstick::models::synthetic::write_tiny_llama(&d.join("float"), 7).unwrap();
+    TempDir(d)
+}
+
+const TEXT: &str = "The layer-wise pipeline keeps one decoder layer in memory at a time. \
+    Calibration text goes through the model once; statistics are gathered per Linear.";
+
+fn calibration(source: &Source) -> Calibration {
+    Calibration::from_text(source, &TEXT.repeat(8), 4, 48, 1).unwrap()
+}
+
+fn ppl(net: &gstick::nn::Network, source: &Source) -> f64 {
+    let ids = source.tokenizer.encode(&TEXT.repeat(4)).unwrap();
+    gstick::eval::perplexity(net, &ids, 64, Some(4), |_, _| {})
+        .unwrap()
+        .ppl
+}
+
+#[test]
+fn quantize_save_and_load_in_every_format() {
+    let dir = temp("formats");
+    let source = Source::open(&dir.0.join("float")).unwrap();
+    let calib = calibration(&source);
+    let config = PtqConfig::weight_only(WeightAlgo::Gptq, 4, 32)
+        .unwrap()
+        .with_act_order(true);
+    let layers_seen = std::cell::Cell::new(0);
+    let quantized = Quantizer::new(config)
+        .unwrap()
+        .calibrate(&source, &calib)
+        .on_layer(|_| layers_seen.set(layers_seen.get() + 1))
+        .run()
+        .unwrap();
+    assert_eq!(layers_seen.get(), 2);
+    assert_eq!(quantized.model.linears.len(), 14);
+    assert!(quantized.plan.peak > quantized.plan.baseline);
+    let summary = quantized.summary_table();
+    assert!(summary.contains("GPTQ-W4-per_group"), "{summary}");
+
+    let float = gstick::load(&dir.0.join("float")).unwrap();
+    let mut fake = float.net.clone();
+    gstick::ptq::fake_quant_linear::install_fake(&mut fake, &quantized.model).unwrap();
+    let fake_ppl = ppl(&fake, &source);
+    for format in [Format::Gs, Format::Gptq] {
+        let out = dir.0.join(format.name());
+        quantized.save(format, &out).unwrap();
+        let lm = gstick::load(&out).unwrap();
+        assert_eq!(lm.deploy.as_ref().map(|d| d.layers), Some(14), "{format:?}");
+        let p = ppl(&lm.net, &source);
+        assert!(
+            (p / fake_ppl - 1.0).abs() < 1e-4,
+            "{format:?}: {p} vs {fake_ppl}"
+        );
+        // An existing output is never overwritten.
+        assert!(quantized.save(format, &out).is_err());
+        // A quantized directory is not a source to quantize again.
+        let err = Source::open(&out).err().expect("refused").to_string();
+        assert!(err.contains("already quantized"), "{err}");
+    }
+    // GGUF needs a GGUF source for its metadata: refused, nothing written.
+    let out = dir.0.join("gguf");
+    assert!(quantized.save(Format::Gguf, &out).is_err());
+    assert!(!out.exists());
+}
+
+#[test]
+fn the_in_memory_algorithm_gives_the_layer_wise_weights() {
+    let dir = temp("inmemory");
+    let source = Source::open(&dir.0.join("float")).unwrap();
+    let calib = calibration(&source);
+    let config = PtqConfig {
+        precision_recovery: PrecisionRecovery::Gptq,
+        ..PtqConfig::weight_only(WeightAlgo::Awq, 4, 32).unwrap()
+    };
+    let layerwise = Quantizer::new(config.clone())
+        .unwrap()
+        .calibrate(&source, &calib)
+        .run()
+        .unwrap();
+    let mut net = gstick::load(&dir.0.join("float")).unwrap().net;
+    let mut ptq = Ptq::new(Recipe::from(config))
+        .unwrap()
+        .with_calibration(calib.windows.clone());
+    ptq.apply(&mut net).unwrap();
+    let in_memory = &ptq.result().unwrap().model;
+    assert_eq!(in_memory.linears.len(), 14);
+    for (name, l) in &layerwise.model.linears {
+        assert_eq!(
+            in_memory.linears[name].weight, l.weight,
+            "{name}: the two paths quantized differently"
+        );
+    }
+    assert_eq!(in_memory.float_overrides, layerwise.model.float_overrides);
+    let rows = ptq.summary(&net);
+    assert_eq!(rows.len(), 14);
+    assert!(
+        rows.iter().all(|(_, s)| s == "AWQ-wclip-GPTQ-W4-per_group"),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn unimplemented_recipes_are_refused_before_any_work() {
+    for yaml in [
+        "outliers_suppression: smooth\nact_quant_dtype: int8\n",
+        "kvcache_quant_dtype: int8\n",
+        "act_quant_dtype: int8\noutliers_suppression: outlier-suppression-lite\n",
+    ] {
+        let recipe = Recipe::from_yaml(yaml, "r.yaml").unwrap();
+        let err = Quantizer::new(recipe).err().expect("refused").to_string();
+        assert!(err.contains("not implemented"), "{yaml}: {err}");
+        let err = Ptq::new(Recipe::from_yaml(yaml, "r.yaml").unwrap())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("not implemented"), "{yaml}: {err}");
+    }
+    // GPTQ without calibration windows.
+    let dir = temp("nocalib");
+    let source = Source::open(&dir.0.join("float")).unwrap();
+    let gptq = PtqConfig::weight_only(WeightAlgo::Gptq, 4, 32).unwrap();
+    let err = Quantizer::new(gptq)
+        .unwrap()
+        .calibrate(&source, &Calibration::default())
+        .run()
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("calibration"), "{err}");
+}
+
+/// Changes a tensor's bytes and shape.
+type Corruption = fn(&mut Vec<u8>, &mut Vec<usize>);
+
+/// Rewrites one tensor of a safetensors file with other bytes of the same dtype and shape, or
+/// another shape.
+fn corrupt(file: &Path, name: &str, f: impl Fn(&mut Vec<u8>, &mut Vec<usize>)) {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let t = tensors.iter_mut().find(|t| t.0 == name).unwrap();
+    f(&mut t.3, &mut t.2);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, None, file).unwrap();
+}
+
+#[test]
+fn hostile_quantized_checkpoints_are_errors_that_name_the_tensor() {
+    let dir = temp("hostile");
+    let source = Source::open(&dir.0.join("float")).unwrap();
+    let quantized = Quantizer::new(PtqConfig::weight_only(WeightAlgo::Rtn, 4, 32).unwrap())
+        .unwrap()
+        .calibrate(&source, &Calibration::default())
+        .run()
+        .unwrap();
+    let stem = "model.layers.1.mlp.up_proj";
+    let cases: [(&str, Format, &str, Corruption); 4] = [
+        ("scale", Format::Gs, "weight_scale", |b, _| {
+            b[..4].copy_from_slice(&(-1f32).to_le_bytes())
+        }),
+        ("shape", Format::Gs, "weight_offset", |b, s| {
+            b.truncate(b.len() / 2);
+            s[1] /= 2;
+        }),
+        ("qweight", Format::Gptq, "qweight", |b, s| {
+            b.truncate(b.len() / 2);
+            s[0] /= 2;
+        }),
+        ("zero scale", Format::Gptq, "scales", |b, _| {
+            b[..2].copy_from_slice(&[0, 0])
+        }),
+    ];
+    for (tag, format, suffix, f) in cases {
+        let out = dir.0.join(tag);
+        quantized.save(format, &out).unwrap();
+        corrupt(
+            &out.join("model.safetensors"),
+            &format!("{stem}.{suffix}"),
+            f,
+        );
+        let err = gstick::load(&out)
+            .err()
+            .expect("loaded a corrupt checkpoint")
+            .to_string();
+        assert!(err.contains(stem), "{tag}: {err}");
+    }
+}
+
+/// The same inputs give the same model, bit for bit, for every algorithm (AWQ once depended on
+/// the addresses its statistics happened to get).
+#[test]
+fn runs_are_deterministic() {
+    let dir = temp("determinism");
+    let source = Source::open(&dir.0.join("float")).unwrap();
+    let calib = calibration(&source);
+    let awq = PtqConfig::weight_only(WeightAlgo::Awq, 4, 32).unwrap();
+    for config in [
+        PtqConfig::weight_only(WeightAlgo::Gptq, 4, 32).unwrap(),
+        awq.clone(),
+        PtqConfig {
+            precision_recovery: PrecisionRecovery::Gptq,
+            ..awq
+        },
+    ] {
+        let run = || {
+            Quantizer::new(config.clone())
+                .unwrap()
+                .calibrate(&source, &calib)
+                .run()
+                .unwrap()
+                .model
+        };
+        let first = run();
+        for _ in 0..3 {
+            assert_eq!(run(), first, "{}", config.summary());
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! `PtqConfig`: what post-training quantization does, with the original's fields, defaults and
+//! validation rules (spec §2.3; rules that only concern Ascend hardware are left out).
+//!
+//! Every rule is checked before any work starts, and each error names the field at fault.
+//! `validate` accepts every configuration the original accepts; what this build does not
+//! implement yet is refused separately by `supported::check`.
+
+use serde::{Deserialize, Serialize};
+
+use gstick_quant::{Granularity, WeightScheme};
+
+pub use gstick_nn::comp_algo::invalid;
+pub use gstick_nn::ConfigError;
+pub use gstick_quant::QuantDtype;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PtqMode {
+    /// Calibrate and produce a quantized checkpoint.
+    #[default]
+    Quantize,
+    /// Build the quantized skeleton to load a quantized checkpoint.
+    Deploy,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionRecovery {
+    #[default]
+    None,
+    Gptq,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutliersSuppression {
+    #[default]
+    None,
+    Smooth,
+    Awq,
+    #[serde(rename = "outlier-suppression+")]
+    OutlierSuppressionPlus,
+    OutlierSuppressionLite,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantGranularity {
+    PerTensor,
+    PerChannel,
+    PerToken,
+    PerGroup,
+}
+
+/// A hyper-parameter that is either fixed or searched over a grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Grid {
+    Fixed(f64),
+    Search(Vec<f64>),
+}
+
+impl Grid {
+    pub fn values(&self) -> Vec<f64> {
+        match self {
+            Grid::Fixed(v) => vec![*v],
+            Grid::Search(v) => v.clone(),
+        }
+    }
+}
+
+/// GPTQ settings (`GPTQQuantConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GptqConfig {
+    pub block_size: usize,
+    pub desc_act: bool,
+    pub damp_percent: f64,
+    pub static_groups: bool,
+}
+
+impl Default for GptqConfig {
+    fn default() -> Self {
+        GptqConfig {
+            block_size: 128,
+            desc_act: false,
+            damp_percent: 0.01,
+            static_groups: false,
+        }
+    }
+}
+
+/// AWQ settings (`AWQConfig`): the smoothing exponent and clip ratio, fixed or searched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwqConfig {
+    pub duo_scaling: bool,
+    pub smooth_alpha: Grid,
+    pub weight_clip_ratio: Grid,
+}
+
+impl Default for AwqConfig {
+    fn default() -> Self {
+        AwqConfig {
+            duo_scaling: true,
+            smooth_alpha: Grid::Search((0..20).map(|i| i as f64 / 20.0).collect()),
+            weight_clip_ratio: Grid::Search((0..10).map(|i| 1.0 - i as f64 / 20.0).collect()),
+        }
+    }
+}
+
+/// The PTQ configuration of a network or of one layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PtqConfig {
+    pub mode: PtqMode,
+    /// Layers whose full name contains one of these strings are left alone.
+    pub opname_blacklist: Vec<String>,
+    pub weight_quant_dtype: Option<QuantDtype>,
+    pub kvcache_quant_dtype: Option<QuantDtype>,
+    pub act_quant_dtype: Option<QuantDtype>,
+    pub precision_recovery: PrecisionRecovery,
+    pub outliers_suppression: OutliersSuppression,
+    pub weight_quant_granularity: QuantGranularity,
+    pub kvcache_quant_granularity: QuantGranularity,
+    pub act_quant_granularity: QuantGranularity,
+    /// 0 unless per-group.
+    pub group_size: usize,
+    pub weight_symmetric: bool,
+    pub weight_narrow_range: bool,
+    /// AWQ-style clip search (always on for AWQ and OSL).
+    pub weight_clip: bool,
+    pub gptq: GptqConfig,
+    pub awq: AwqConfig,
+}
+
+impl Default for PtqConfig {
+    fn default() -> Self {
+        PtqConfig {
+            mode: PtqMode::Quantize,
+            opname_blacklist: Vec::new(),
+            weight_quant_dtype: Some(QuantDtype::Int8),
+            kvcache_quant_dtype: None,
+            act_quant_dtype: None,
+            precision_recovery: PrecisionRecovery::None,
+            outliers_suppression: OutliersSuppression::None,
+            weight_quant_granularity: QuantGranularity::PerChannel,
+            kvcache_quant_granularity: QuantGranularity::PerChannel,
+            act_quant_granularity: QuantGranularity::PerTensor,
+            group_size: 0,
+            weight_symmetric: true,
+            weight_narrow_range: false,
+            weight_clip: false,
+            gptq: GptqConfig::default(),
+            awq: AwqConfig::default(),
+        }
+    }
+}
+
+/// The weight-only algorithms, as the command line names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightAlgo {
+    Rtn,
+    Gptq,
+    Awq,
+}
+
+/// Group sizes the per-group kernels and exports support.
+pub const GROUP_SIZES: [usize; 4] = [32, 64, 128, 256];
+
+impl PtqConfig {
+    /// A weight-only configuration: `bits` of 8, 4, 3 or 2, symmetric, per group of `group`
+    /// input channels (0: per output channel), quantized by `algo` with its defaults.
+    pub fn weight_only(
+        algo: WeightAlgo,
+        bits: u32,
+        group: usize,
+    ) -> Result<PtqConfig, ConfigError> {
+        let dtype = QuantDtype::from_bits(bits).ok_or_else(|| {
+            invalid(
+                "weight_quant_dtype",
+                format!("{bits} bits is not supported (8, 4, 3 or 2)"),
+            )
+        })?;
+        let mut c = PtqConfig {
+            weight_quant_dtype: Some(dtype),
+            ..PtqConfig::default()
+        };
+        if group > 0 {
+            c.weight_quant_granularity = QuantGranularity::PerGroup;
+            c.group_size = group;
+        }
+        match algo {
+            WeightAlgo::Rtn => {}
+            WeightAlgo::Gptq => c.precision_recovery = PrecisionRecovery::Gptq,
+            WeightAlgo::Awq => c.outliers_suppression = OutliersSuppression::Awq,
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// GPTQ's act-order on or off. With groups it comes with static groups: the columns are
+    /// processed by decreasing Hessian diagonal, but every group keeps the scale computed from
+    /// the original weight, so the groups stay contiguous and the exports need no reordered
+    /// `g_idx`.
+    pub fn with_act_order(mut self, on: bool) -> PtqConfig {
+        self.gptq.desc_act = on;
+        self.gptq.static_groups = on && self.weight_quant_granularity == QuantGranularity::PerGroup;
+        self
+    }
+
+    /// Checks every rule; the first violation is returned, naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use QuantDtype::*;
+        use QuantGranularity::*;
+        let w = self.weight_quant_dtype;
+        let a = self.act_quant_dtype;
+        if !matches!(self.weight_quant_granularity, PerChannel | PerGroup) {
+            return Err(invalid(
+                "weight_quant_granularity",
+                "must be per_channel or per_group",
+            ));
+        }
+        if !matches!(self.act_quant_granularity, PerTensor | PerToken) {
+            return Err(invalid(
+                "act_quant_granularity",
+                "must be per_tensor or per_token",
+            ));
+        }
+        if !matches!(self.kvcache_quant_granularity, PerChannel | PerToken) {
+            return Err(invalid(
+                "kvcache_quant_granularity",
+                "must be per_channel or per_token",
+            ));
+        }
+        match (self.weight_quant_granularity, self.group_size) {
+            (PerGroup, g) if !GROUP_SIZES.contains(&g) => {
+                return Err(invalid(
+                    "group_size",
+                    format!("{g} is not one of {GROUP_SIZES:?} (required by per_group)"),
+                ))
+            }
+            (PerChannel, g) if g != 0 => {
+                return Err(invalid(
+                    "group_size",
+                    format!("must be 0 unless weight_quant_granularity is per_group (got {g})"),
+                ))
+            }
+            _ => {}
+        }
+        if a.is_some_and(|d| d != Int8) {
+            return Err(invalid(
+                "act_quant_dtype",
+                "activations quantize to int8 only",
+            ));
+        }
+        if self.kvcache_quant_dtype.is_some_and(|d| d != Int8) {
+            return Err(invalid(
+                "kvcache_quant_dtype",
+                "the KV cache quantizes to int8 only",
+            ));
+        }
+        if self.act_quant_granularity == PerToken && !(a == Some(Int8) && w.is_some()) {
+            return Err(invalid(
+                "act_quant_granularity",
+                "per_token needs act_quant_dtype int8 and a weight dtype",
+            ));
+        }
+        if w == Some(Int8) && a == Some(Int8) && self.weight_quant_granularity != PerChannel {
+            return Err(invalid(
+                "weight_quant_granularity",
+                "A8W8 needs per_channel weights",
+            ));
+        }
+        if self.kvcache_quant_granularity == PerToken && self.kvcache_quant_dtype != Some(Int8) {
+            return Err(invalid(
+                "kvcache_quant_granularity",
+                "per_token needs kvcache_quant_dtype int8",
+            ));
+        }
+        let low_bit_weights = w.is_some_and(|d| d != Int8);
+        if a == Some(Int8)
+            && low_bit_weights
+            && !(self.act_quant_granularity == PerToken
+                && self.precision_recovery == PrecisionRecovery::Gptq)
+        {
+            return Err(invalid(
+                "act_quant_granularity",
+                "A8W4 needs per_token activations and precision_recovery gptq",
+            ));
+        }
+        if w.is_none() && a.is_some() {
+            return Err(invalid(
+                "weight_quant_dtype",
+                "activation-only quantization is not supported",
+            ));
+        }
+        let searches = matches!(self.outliers_suppression, OutliersSuppression::Awq)
+            || self.precision_recovery == PrecisionRecovery::Gptq;
+        if w == Some(Int8) && a == Some(Int8) && searches {
+            return Err(invalid(
+                "outliers_suppression",
+                "AWQ and GPTQ do not support quantized activations (A8W8)",
+            ));
+        }
+        if self.outliers_suppression == OutliersSuppression::OutlierSuppressionLite
+            && !(w == Some(Int8) && a == Some(Int8) && self.kvcache_quant_dtype.is_none())
+        {
+            return Err(invalid(
+                "outliers_suppression",
+                "outlier-suppression-lite needs exactly A8W8 without KV quantization",
+            ));
+        }
+        if low_bit_weights && self.kvcache_quant_dtype.is_some() {
+            return Err(invalid(
+                "kvcache_quant_dtype",
+                "low-bit weights cannot be combined with an int8 KV cache",
+            ));
+        }
+        if (self.precision_recovery == PrecisionRecovery::Gptq
+            || self.outliers_suppression == OutliersSuppression::Awq)
+            && w.is_none()
+        {
+            return Err(invalid(
+                "weight_quant_dtype",
+                "GPTQ and AWQ quantize weights: a weight dtype is required",
+            ));
+        }
+        if self.act_quant_granularity == PerToken && !self.weight_symmetric {
+            return Err(invalid(
+                "weight_symmetric",
+                "per_token activations need symmetric weights",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.gptq.damp_percent) {
+            return Err(invalid(
+                "gptq.damp_percent",
+                format!("{} is not in [0, 1]", self.gptq.damp_percent),
+            ));
+        }
+        for (field, grid) in [
+            ("awq.smooth_alpha", &self.awq.smooth_alpha),
+            ("awq.weight_clip_ratio", &self.awq.weight_clip_ratio),
+        ] {
+            let values = grid.values();
+            if values.is_empty() || values.iter().any(|v| !(0.0..=1.0).contains(v)) {
+                return Err(invalid(
+                    field,
+                    format!("every value must be in [0, 1] (got {values:?})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The weight quantization scheme this configuration asks for, if it quantizes weights.
+    pub fn weight_scheme(&self) -> Option<WeightScheme> {
+        let bits = self.weight_quant_dtype?.bits();
+        let granularity = match self.weight_quant_granularity {
+            QuantGranularity::PerGroup => Granularity::PerGroup(self.group_size),
+            _ => Granularity::PerChannel,
+        };
+        Some(WeightScheme {
+            bits,
+            granularity,
+            symmetric: self.weight_symmetric,
+            narrow: self.weight_narrow_range,
+        })
+    }
+
+    /// Whether the layer with this full name is blacklisted (substring match, as the original).
+    pub fn is_blacklisted(&self, layer: &str) -> bool {
+        self.opname_blacklist
+            .iter()
+            .any(|b| layer.contains(b.as_str()))
+    }
+
+    /// The per-layer summary string of the original (`W4-per_group`, `GPTQ-W8-per_channel`,
+    /// `AWQ-wclip-W4-per_group`, `NA` when nothing is quantized).
+    pub fn summary(&self) -> String {
+        let Some(w) = self.weight_quant_dtype else {
+            return "NA".into();
+        };
+        let mut parts = Vec::new();
+        match self.outliers_suppression {
+            OutliersSuppression::Awq => parts.push("AWQ".to_string()),
+            OutliersSuppression::Smooth => parts.push("SmoothQuant".into()),
+            OutliersSuppression::OutlierSuppressionLite => parts.push("OSL".into()),
+            OutliersSuppression::OutlierSuppressionPlus => parts.push("OSP".into()),
+            OutliersSuppression::None => {}
+        }
+        if self.weight_clip
+            || matches!(
+                self.outliers_suppression,
+                OutliersSuppression::Awq | OutliersSuppression::OutlierSuppressionLite
+            )
+        {
+            parts.push("wclip".into());
+        }
+        if self.precision_recovery == PrecisionRecovery::Gptq {
+            parts.push("GPTQ".into());
+        }
+        let granularity = if self.weight_quant_granularity == QuantGranularity::PerGroup {
+            "per_group"
+        } else {
+            "per_channel"
+        };
+        parts.push(format!("W{}-{granularity}", w.bits()));
+        if self.act_quant_dtype.is_some() {
+            let g = if self.act_quant_granularity == QuantGranularity::PerToken {
+                "per_token"
+            } else {
+                "per_tensor"
+            };
+            parts.push(format!("A8-{g}"));
+        }
+        if self.kvcache_quant_dtype.is_some() {
+            let g = if self.kvcache_quant_granularity == QuantGranularity::PerToken {
+                "per_token"
+            } else {
+                "per_channel"
+            };
+            parts.push(format!("C8-{g}"));
+        }
+        parts.join("-")
+    }
+}

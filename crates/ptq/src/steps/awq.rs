@@ -1,0 +1,48 @@
+//! AWQ as a step: the scale search folds scales into the layer, then the clip search clamps
+//! weights (spec §3.6). Linears whose input is now x/s see statistics divided by s.
+
+use std::sync::Arc;
+
+use super::{LayerState, Phase, PtqStep};
+use crate::config::OutliersSuppression;
+use crate::{PtqConfig, Result};
+
+/// AWQ scales and weight clipping.
+pub struct AwqStep;
+
+impl PtqStep for AwqStep {
+    fn name(&self) -> &'static str {
+        "awq"
+    }
+
+    fn applies_to(&self, policy: &PtqConfig) -> bool {
+        policy.weight_scheme().is_some()
+            && (policy.outliers_suppression == OutliersSuppression::Awq || policy.weight_clip)
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Search
+    }
+
+    fn run(&self, state: &mut LayerState) -> Result<()> {
+        let policy_of = |local: &str| {
+            state
+                .targets
+                .iter()
+                .find(|t| t.local == local)
+                .map(|t| t.policy.clone())
+        };
+        let outcome = crate::awq::search_layer(state.layer, &state.stats, &policy_of)?;
+        for (local, tensor) in outcome.overrides {
+            let name = format!("{}.{local}", state.prefix);
+            state.float_overrides.push((name, tensor));
+        }
+        for (local, s) in &outcome.scales {
+            if let Some(st) = state.stats.get(local) {
+                let divided = Arc::new(st.divided_by(s));
+                state.stats.insert(local.clone(), divided);
+            }
+        }
+        Ok(())
+    }
+}

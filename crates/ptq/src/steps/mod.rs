@@ -1,0 +1,204 @@
+//! PTQ steps: the stages the layer-wise pipeline runs on each decoder layer after its float pass
+//! has filled the observers. A step says which Linears it acts on (by their configuration) and
+//! which statistics it needs, then searches and transforms: AWQ folds scales into the layer and
+//! clips weights, RTN and GPTQ quantize Linears into `WeightQuantLinear` cells. The pipeline
+//! runs the steps a recipe asks for, in order ([`steps_for`]); a new algorithm is a new step.
+
+mod awq;
+mod gptq;
+mod rtn;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use gstick_nn::cell::downcast;
+use gstick_nn::cells::Linear;
+use gstick_nn::{Cell, Network};
+use gstick_quant::{QuantizedLinear, QuantizedWeight, WeightScheme};
+
+pub use awq::AwqStep;
+pub use gptq::GptqStep;
+pub use rtn::RtnStep;
+
+use crate::fake_quant_linear::{linear_weight, WeightQuantLinear};
+use crate::observer::InputStats;
+use crate::pipeline::PipelineOptions;
+use crate::records::LinearRecord;
+use crate::{Error, PtqConfig, Recipe, Result};
+
+/// A Linear of the layer that is to be quantized, with the configuration that applies to it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Name inside the layer (`self_attn.q_proj`).
+    pub local: String,
+    /// Full name (`model.layers.3.self_attn.q_proj`).
+    pub full: String,
+    pub policy: PtqConfig,
+}
+
+/// Where a step's time is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Search,
+    Quantize,
+}
+
+/// One decoder layer while its steps run.
+pub struct LayerState<'a> {
+    pub layer: &'a mut Network,
+    /// The layer's full name (`model.layers.3`).
+    pub prefix: &'a str,
+    pub targets: &'a [Target],
+    /// What each target's observer saw, by local name (Linears reading one value share it). A
+    /// step that changes a Linear's input (AWQ's scale) replaces its entry.
+    pub stats: BTreeMap<String, Arc<InputStats>>,
+    /// Float parameters a step changed, by full parameter name (AWQ's scaled norms).
+    pub float_overrides: Vec<(String, Tensor)>,
+    /// Quantized Linears, by full name, with their records.
+    pub quantized: BTreeMap<String, (QuantizedLinear, LinearRecord)>,
+    pub options: &'a PipelineOptions,
+}
+
+/// A stage of the per-layer pipeline.
+pub trait PtqStep {
+    fn name(&self) -> &'static str;
+    /// Whether the step acts on a Linear quantized with `policy`.
+    fn applies_to(&self, policy: &PtqConfig) -> bool;
+    /// Whether the float pass must accumulate the inputs' Hessian for this step.
+    fn needs_hessian(&self) -> bool {
+        false
+    }
+    fn phase(&self) -> Phase;
+    /// Runs the step on every target it applies to.
+    fn run(&self, state: &mut LayerState) -> Result<()>;
+}
+
+/// The steps a recipe needs, in pipeline order: AWQ's searches first, then the quantizers.
+pub fn steps_for(recipe: &Recipe) -> Vec<Box<dyn PtqStep>> {
+    let all: Vec<Box<dyn PtqStep>> = vec![Box::new(AwqStep), Box::new(GptqStep), Box::new(RtnStep)];
+    all.into_iter()
+        .filter(|s| recipe.configs().any(|(_, c)| s.applies_to(c)))
+        .collect()
+}
+
+impl LayerState<'_> {
+    /// The targets `step` acts on.
+    pub fn targets_of<'t>(&'t self, step: &'t dyn PtqStep) -> impl Iterator<Item = &'t Target> {
+        self.targets
+            .iter()
+            .filter(move |t| step.applies_to(&t.policy))
+    }
+
+    /// The Linear currently at `target`.
+    pub fn linear(&self, target: &Target) -> Result<Linear> {
+        let id = self.layer.find(&target.local)?;
+        self.layer
+            .node(id)?
+            .cell()
+            .and_then(|c| downcast::<Linear>(c.as_ref()))
+            .cloned()
+            .ok_or_else(|| target_error(target, "not a Linear any more"))
+    }
+
+    /// The statistics of `target`'s input.
+    pub fn stats_of(&self, target: &Target) -> Result<&Arc<InputStats>> {
+        self.stats
+            .get(&target.local)
+            .ok_or_else(|| target_error(target, "no statistics were gathered"))
+    }
+
+    /// Puts quantized weight `q` in place of `target`'s Linear as a `WeightQuantLinear` and
+    /// records it. Scales are rounded to f16 first when the options ask for it.
+    pub fn install(
+        &mut self,
+        target: &Target,
+        mut q: QuantizedWeight,
+        gptq_damp: Option<f64>,
+        started: Instant,
+    ) -> Result<()> {
+        if self.options.f16_scales {
+            q.round_scales_to_f16()
+                .map_err(|e| target_error(target, e.to_string()))?;
+        }
+        let linear = self.linear(target)?;
+        let label = target.policy.summary();
+        let q = Arc::new(q);
+        let cell = WeightQuantLinear::new(q.clone(), linear.bias.clone(), &label)?;
+        let error = relative_linear_error(
+            self.stats_of(target)?,
+            linear.weight.tensor(),
+            cell.weight.tensor(),
+        )?;
+        let id = self.layer.find(&target.local)?;
+        self.layer
+            .replace_cell(id, Box::new(cell) as Box<dyn Cell>)?;
+        let record = LinearRecord {
+            name: target.full.clone(),
+            summary: label.clone(),
+            rows: q.rows,
+            cols: q.cols,
+            relative_output_error: error,
+            gptq_damp,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        self.quantized.insert(
+            target.full.clone(),
+            (QuantizedLinear { weight: q, label }, record),
+        );
+        Ok(())
+    }
+
+    /// Quantizes every target `step` applies to with `solve`, which gets the target, its
+    /// weight scheme and current weight (row-major, rows, cols) and returns the quantized weight
+    /// and GPTQ's dampening if any; each result is installed in place of the Linear.
+    pub fn quantize_targets(
+        &mut self,
+        step: &dyn PtqStep,
+        mut solve: impl FnMut(
+            &LayerState,
+            &Target,
+            WeightScheme,
+            (Vec<f32>, usize, usize),
+        ) -> Result<(QuantizedWeight, Option<f64>)>,
+    ) -> Result<()> {
+        let targets: Vec<Target> = self.targets_of(step).cloned().collect();
+        for target in &targets {
+            let started = Instant::now();
+            let scheme = target
+                .policy
+                .weight_scheme()
+                .ok_or_else(|| target_error(target, "the policy quantizes no weights"))?;
+            let weight = linear_weight(&self.linear(target)?)?;
+            let (q, damp) = solve(self, target, scheme, weight)?;
+            self.install(target, q, damp, started)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn target_error(target: &Target, message: impl Into<String>) -> Error {
+    Error::Layer {
+        layer: target.full.clone(),
+        message: message.into(),
+    }
+}
+
+/// ‖XWᵀ − XQᵀ‖² / ‖XWᵀ‖² on (at most 1024 of) the sampled input rows.
+fn relative_linear_error(stats: &InputStats, w: &Tensor, q: &Tensor) -> Result<f64> {
+    let rows = stats.sample_rows.min(1024);
+    if rows == 0 {
+        return Ok(0.0);
+    }
+    let x = Tensor::from_slice(
+        &stats.sample[..rows * stats.cols],
+        (rows, stats.cols),
+        &Device::Cpu,
+    )?;
+    let y = x.matmul(&w.t()?)?;
+    let yq = x.matmul(&q.t()?)?;
+    let num = (&y - &yq)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    let den = y.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    Ok(if den > 0.0 { num / den } else { 0.0 })
+}
