@@ -57,6 +57,14 @@ fn perplexity_matches_transformers_within_0_1_percent() {
         );
     }
     assert!(rel < 1e-3, "perplexity {} vs {reference}", report.ppl);
+
+    // Layer by layer from the file (the calibration path's forward), the same numbers to the
+    // bit: every layer sees exactly what it sees inside the whole network at 2048 tokens.
+    let src = gstick_models::llama::GgufWeights::new(&gguf).unwrap();
+    let mut lm = gstick_models::layerwise::LayerwiseLm::new(src.config.clone(), src).unwrap();
+    let layerwise =
+        gstick_eval::perplexity_layerwise(&mut lm, &ids, 2048, Some(2), |_, _| {}).unwrap();
+    assert_eq!(layerwise.window_nll, report.window_nll[..2]);
 }
 
 #[test]

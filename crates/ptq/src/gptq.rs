@@ -184,13 +184,8 @@ pub fn gptq(
                 // Dynamic groups: parameters from the current (updated) weights of the group.
                 if col.is_multiple_of(g) {
                     for r in 0..rows {
-                        let vals: Vec<f64> = (0..g).map(|k| work[r * cols + i + k]).collect();
-                        let (lo, hi) = vals
-                            .iter()
-                            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-                                (a.min(v), b.max(v))
-                            });
-                        params[r * groups + col / g] = qparams(lo, hi, range, scheme.symmetric);
+                        // Without act-order the processing order is the column order.
+                        params[r * groups + col / g] = block_params(&work, r, i, g);
                     }
                 }
             }

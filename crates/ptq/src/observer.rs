@@ -1,8 +1,10 @@
 //! Calibration observers: identity cells rewritten into a decoder layer in front of the Linears
 //! being quantized. Linears that read the same value (q/k/v, gate/up) share one observer, so each
 //! statistic is gathered once. An observer accumulates what the algorithms need: the GPTQ
-//! Hessian, the mean absolute value per input channel (AWQ), and an evenly spaced sample of input
-//! rows (AWQ searches, per-layer error reports).
+//! Hessian with the first row of every window kept apart (the attention sink, which GPTQ weighs
+//! separately), the mean absolute value per input channel (AWQ), and an evenly spaced sample of
+//! input rows (AWQ searches, per-layer error reports). Each forward call is one calibration
+//! window.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,11 @@ pub struct InputStats {
     pub cols: usize,
     pub rows_seen: usize,
     pub hessian: Option<Hessian>,
+    /// With the Hessian: the first row of every window (position 0, the attention sink),
+    /// row-major, one per window.
+    pub first_rows: Vec<f32>,
+    /// Windows seen (the batch entries of every forward call).
+    pub calls: usize,
     /// Σ |x_j| over every row seen.
     pub abs_sum: Vec<f64>,
     /// Kept rows, row-major (`sample_rows` x `cols`).
@@ -42,6 +49,8 @@ impl InputStats {
             cols,
             rows_seen: 0,
             hessian: spec.hessian.then(|| Hessian::new(cols)),
+            first_rows: Vec::new(),
+            calls: 0,
             abs_sum: vec![0.0; cols],
             sample: Vec::new(),
             sample_rows: 0,
@@ -66,6 +75,13 @@ impl InputStats {
             cols: c,
             rows_seen: self.rows_seen,
             hessian,
+            first_rows: self
+                .first_rows
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v / s[i % c])
+                .collect(),
+            calls: self.calls,
             abs_sum: self
                 .abs_sum
                 .iter()
@@ -83,13 +99,49 @@ impl InputStats {
         }
     }
 
+    /// The Hessian GPTQ works with: the running 2/n Σ x xᵀ, with the first row of every window
+    /// (the attention sink) weighted up until those rows make at least `sink_share` of the
+    /// trace. Every query reads the sink's key and value, so an error there reaches every
+    /// position; plain GPTQ (share 0) counts the sink as one token in `seqlen` and moves
+    /// rounding error onto the channels only it uses. Where the sink's inputs are massive
+    /// already (some MLP down projections), its share is above the target and nothing changes:
+    /// weighting it further would sacrifice every other token to it.
+    pub fn gptq_hessian(&self, sink_share: f64) -> Option<Hessian> {
+        let mut h = self.hessian.clone()?;
+        let c = self.cols;
+        let trace: f64 = (0..c).map(|i| h.h[i * c + i]).sum();
+        let scale = 2.0 / h.samples.max(1) as f64;
+        let sink: f64 = scale
+            * self
+                .first_rows
+                .iter()
+                .map(|&v| v as f64 * v as f64)
+                .sum::<f64>();
+        if sink_share <= 0.0 || sink <= 0.0 || sink >= sink_share * trace {
+            return Some(h);
+        }
+        // (1 + k) sink = share (trace + k sink)  =>  k = (share trace - sink) / (sink (1 - share)).
+        let share = sink_share.min(0.99);
+        let extra = scale * (share * trace - sink) / (sink * (1.0 - share));
+        for row in self.first_rows.chunks_exact(c) {
+            for i in 0..c {
+                let a = extra * row[i] as f64;
+                for (hij, &xj) in h.h[i * c..(i + 1) * c].iter_mut().zip(row) {
+                    *hij += a * xj as f64;
+                }
+            }
+        }
+        Some(h)
+    }
+
     /// mean_t |x_tj| per input channel.
     pub fn abs_mean(&self) -> Vec<f64> {
         let n = self.rows_seen.max(1) as f64;
         self.abs_sum.iter().map(|s| s / n).collect()
     }
 
-    fn record(&mut self, x: &[f32], rows: usize, spec: ObserveSpec) {
+    /// Records `rows` input rows made of windows of `window` consecutive rows each.
+    fn record(&mut self, x: &[f32], rows: usize, window: usize, spec: ObserveSpec) {
         let start = std::time::Instant::now();
         let c = self.cols;
         for row in x.chunks_exact(c) {
@@ -97,8 +149,12 @@ impl InputStats {
                 *s += v.abs() as f64;
             }
         }
+        let window = window.clamp(1, rows.max(1));
         if let Some(h) = &mut self.hessian {
             h.add(x, rows);
+            for first in x.chunks(window * c) {
+                self.first_rows.extend_from_slice(&first[..c]);
+            }
         }
         let keep = spec.rows_per_call.min(rows);
         for k in 0..keep {
@@ -107,6 +163,7 @@ impl InputStats {
         }
         self.sample_rows += keep;
         self.rows_seen += rows;
+        self.calls += rows.div_ceil(window);
         self.seconds += start.elapsed().as_secs_f64();
     }
 }
@@ -133,6 +190,11 @@ impl Cell for InputObserver {
             .ok_or_else(|| gstick_nn::Error::Config("observer input is a scalar".into()))?;
         let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let rows = values.len() / cols.max(1);
+        // (batch, tokens, features): each batch entry is a window; a matrix is one window.
+        let window = match x.dims() {
+            [.., t, _] if x.rank() >= 3 => *t,
+            _ => rows,
+        };
         let mut guard = self
             .stats
             .lock()
@@ -144,7 +206,7 @@ impl Cell for InputObserver {
                 stats.cols
             )));
         }
-        stats.record(&values, rows, self.spec);
+        stats.record(&values, rows, window, self.spec);
         Ok(x.clone())
     }
 }

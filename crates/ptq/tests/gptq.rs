@@ -144,10 +144,12 @@ fn gptq_beats_rtn_and_matches_the_reference() {
             narrow: false,
         };
         let rtn = scheme.quantize_weight(&w, ROWS, COLS).unwrap();
+        // The paper's column order, as the plain-loop reference.
         let settings = GptqConfig {
             block_size: 16,
             ..GptqConfig::default()
-        };
+        }
+        .in_column_order();
         let (q, report) = gptq(&w, ROWS, COLS, &h, scheme, &settings).unwrap();
         let (e_rtn, e_gptq) = (
             output_error(&x, &w, &rtn.dequantize()),

@@ -90,6 +90,39 @@ fn observers_share_inputs_measure_exactly_and_leave_no_trace() {
         }
     }
     assert_eq!(stats["c"].cols, 6);
+
+    // The first row of each of the two windows is kept apart; GPTQ's Hessian weighs those rows
+    // up until they make the asked share of its trace, and leaves a share already reached.
+    assert_eq!(s.calls, 2);
+    assert_eq!(s.first_rows, [&xs[0..4], &xs[20..24]].concat());
+    assert_eq!(s.gptq_hessian(0.0).unwrap().h, h.h);
+    let trace = |h: &[f64]| (0..4).map(|i| h[i * 5]).sum::<f64>();
+    let sq = |r: usize| (0..4).map(|i| (xs[r * 4 + i] as f64).powi(2)).sum::<f64>();
+    let sink = (sq(0) + sq(5)) * 2.0 / 10.0;
+    let share = sink / trace(&h.h);
+    assert!(share < 0.5, "{share}");
+    let weighted = s.gptq_hessian(0.5).unwrap();
+    let k = (0.5 * trace(&h.h) - sink) / (sink * 0.5);
+    for i in 0..4 {
+        for j in 0..4 {
+            let e: f64 = (0..10)
+                .map(|r| {
+                    let weight = if r % 5 == 0 { 1.0 + k } else { 1.0 };
+                    weight * xs[r * 4 + i] as f64 * xs[r * 4 + j] as f64
+                })
+                .sum::<f64>()
+                * 2.0
+                / 10.0;
+            assert!(
+                (weighted.h[i * 4 + j] - e).abs() < 1e-5,
+                "weighted H[{i},{j}] {} vs {e}",
+                weighted.h[i * 4 + j]
+            );
+        }
+    }
+    let first = (sq(0) + sq(5)) * (1.0 + k) * 2.0 / 10.0;
+    assert!((first / trace(&weighted.h) - 0.5).abs() < 1e-9);
+    assert_eq!(s.gptq_hessian(share / 2.0).unwrap().h, h.h);
 }
 
 #[test]

@@ -31,6 +31,10 @@ fn defaults_are_the_originals() {
     assert_eq!(c.act_quant_granularity, QuantGranularity::PerTensor);
     assert_eq!((c.group_size, c.weight_symmetric), (0, true));
     assert_eq!((c.gptq.block_size, c.gptq.damp_percent), (128, 0.01));
+    // Ours, by evidence (the GptqConfig default's comment): act-order with static groups and
+    // the attention sink weighted to at least a quarter of the Hessian's trace.
+    assert!(c.gptq.desc_act && c.gptq.static_groups);
+    assert_eq!(c.gptq.sink_share, 0.25);
     assert_eq!(c.awq.smooth_alpha.values().len(), 20);
     assert_eq!(
         c.awq.weight_clip_ratio.values(),
@@ -214,6 +218,11 @@ fn each_rule_names_its_field() {
     let mut bad = d();
     bad.gptq.damp_percent = 1.5;
     assert_eq!(field_of(&bad), "gptq.damp_percent");
+    bad.gptq.damp_percent = 0.01;
+    for share in [-0.1, 1.0, f64::NAN] {
+        bad.gptq.sink_share = share;
+        assert_eq!(field_of(&bad), "gptq.sink_share");
+    }
     let mut bad = d();
     bad.awq.smooth_alpha = Grid::Search(vec![0.5, 1.2]);
     assert_eq!(field_of(&bad), "awq.smooth_alpha");
@@ -507,6 +516,7 @@ fn unimplemented_configurations_are_refused_naming_the_field() {
         ..w4_g64()
     };
     c.gptq.desc_act = true;
+    c.gptq.static_groups = false;
     assert!(matches!(
         check_recipe(&Recipe::from(c.clone())),
         Err(ConfigError::NotImplemented {

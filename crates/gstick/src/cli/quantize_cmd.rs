@@ -48,12 +48,17 @@ pub struct QuantizeArgs {
     /// Asymmetric weights (a zero point per group).
     #[arg(long)]
     pub asym: bool,
-    /// GPTQ: process columns by decreasing Hessian diagonal (with static groups).
+    /// GPTQ: process columns by decreasing Hessian diagonal, with static groups (the default;
+    /// `--act-order false` for the column order).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub act_order: Option<bool>,
+    /// GPTQ: dampening as a fraction of the mean Hessian diagonal (default: the recipe's, 0.01).
     #[arg(long)]
-    pub act_order: bool,
-    /// GPTQ: dampening as a fraction of the mean Hessian diagonal.
-    #[arg(long, default_value_t = 0.01)]
-    pub damp: f64,
+    pub damp: Option<f64>,
+    /// GPTQ: the least share of the Hessian that the calibration windows' first positions (the
+    /// attention sink) get; 0 is plain GPTQ.
+    #[arg(long)]
+    pub sink_share: Option<f64>,
     /// Calibration text (the asset script writes wiki/calib.txt).
     #[arg(long)]
     pub calib: Option<PathBuf>,
@@ -102,8 +107,16 @@ fn config_from_flags(args: &QuantizeArgs) -> Result<PtqConfig> {
     let mut c = PtqConfig::weight_only(algo, args.bits, args.group)
         .with_context(|| format!("--bits {} --group {}", args.bits, args.group))?;
     c.weight_symmetric = !args.asym;
-    c.gptq.damp_percent = args.damp;
-    Ok(c.with_act_order(args.act_order))
+    if let Some(d) = args.damp {
+        c.gptq.damp_percent = d;
+    }
+    if let Some(w) = args.sink_share {
+        c.gptq.sink_share = w;
+    }
+    Ok(match args.act_order {
+        Some(on) => c.with_act_order(on),
+        None => c,
+    })
 }
 
 /// Perplexity on each evaluation text: `eval` evaluates token ids.

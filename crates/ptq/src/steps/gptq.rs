@@ -28,12 +28,12 @@ impl PtqStep for GptqStep {
 
     fn run(&self, state: &mut LayerState) -> Result<()> {
         state.quantize_targets(self, |state, target, scheme, (w, rows, cols)| {
-            let stats = state.stats_of(target)?;
-            let h = stats
-                .hessian
-                .as_ref()
+            let settings = &target.policy.gptq;
+            let h = state
+                .stats_of(target)?
+                .gptq_hessian(settings.sink_share)
                 .ok_or_else(|| target_error(target, "no Hessian was gathered"))?;
-            let (q, report) = gptq(&w, rows, cols, h, scheme, &target.policy.gptq)
+            let (q, report) = gptq(&w, rows, cols, &h, scheme, settings)
                 .map_err(|e| target_error(target, e.to_string()))?;
             Ok((q, Some(report.damp_percent)))
         })
