@@ -32,8 +32,6 @@ pub struct InputStats {
     /// With the Hessian: the first row of every window (position 0, the attention sink),
     /// row-major, one per window.
     pub first_rows: Vec<f32>,
-    /// Windows seen (the batch entries of every forward call).
-    pub calls: usize,
     /// Σ |x_j| over every row seen.
     pub abs_sum: Vec<f64>,
     /// Kept rows, row-major (`sample_rows` x `cols`).
@@ -50,7 +48,6 @@ impl InputStats {
             rows_seen: 0,
             hessian: spec.hessian.then(|| Hessian::new(cols)),
             first_rows: Vec::new(),
-            calls: 0,
             abs_sum: vec![0.0; cols],
             sample: Vec::new(),
             sample_rows: 0,
@@ -81,7 +78,6 @@ impl InputStats {
                 .enumerate()
                 .map(|(i, v)| v / s[i % c])
                 .collect(),
-            calls: self.calls,
             abs_sum: self
                 .abs_sum
                 .iter()
@@ -163,7 +159,6 @@ impl InputStats {
         }
         self.sample_rows += keep;
         self.rows_seen += rows;
-        self.calls += rows.div_ceil(window);
         self.seconds += start.elapsed().as_secs_f64();
     }
 }
