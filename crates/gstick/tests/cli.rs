@@ -350,6 +350,40 @@ fn quantize_writes_a_gguf_with_a_report_and_refuses_bad_requests() {
         dir.join("z").to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("group_size"), "{err}");
+    // A GPTQ setting asked of another algorithm, or beside a recipe, is refused, not ignored.
+    let (ok, _, err) = gstick(&[
+        "quantize",
+        "--model",
+        &model,
+        "--algo",
+        "rtn",
+        "--sink-share",
+        "0.3",
+        "--out",
+        dir.join("s").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("--sink-share") && err.contains("--algo gptq"),
+        "{err}"
+    );
+    let (ok, _, err) = gstick(&[
+        "quantize",
+        "--model",
+        &model,
+        "--recipe",
+        "any.yaml",
+        "--damp",
+        "0.1",
+        "--out",
+        dir.join("d").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("--damp") && err.contains("--recipe"),
+        "{err}"
+    );
+    for name in ["s", "d"] {
+        assert!(!dir.join(name).exists(), "{name} was written");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

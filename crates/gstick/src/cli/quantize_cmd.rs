@@ -50,14 +50,14 @@ pub struct QuantizeArgs {
     pub asym: bool,
     /// GPTQ: process columns by decreasing Hessian diagonal, with static groups (the default;
     /// `--act-order false` for the column order).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", conflicts_with = "recipe")]
     pub act_order: Option<bool>,
-    /// GPTQ: dampening as a fraction of the mean Hessian diagonal (default: the recipe's, 0.01).
-    #[arg(long)]
+    /// GPTQ: dampening as a fraction of the mean Hessian diagonal (default 0.01).
+    #[arg(long, conflicts_with = "recipe")]
     pub damp: Option<f64>,
     /// GPTQ: the least share of the Hessian that the calibration windows' first positions (the
     /// attention sink) get; 0 is plain GPTQ.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "recipe")]
     pub sink_share: Option<f64>,
     /// Calibration text (the asset script writes wiki/calib.txt).
     #[arg(long)]
@@ -71,7 +71,8 @@ pub struct QuantizeArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// A TOML or YAML (.yaml/.yml) recipe (network configuration and layer policies); replaces --algo, --bits,
-    /// --group and --asym.
+    /// --group and --asym (--act-order, --damp and --sink-share are refused beside it: set
+    /// `gptq` in the recipe).
     #[arg(long)]
     pub recipe: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "gs")]
@@ -107,6 +108,17 @@ fn config_from_flags(args: &QuantizeArgs) -> Result<PtqConfig> {
     let mut c = PtqConfig::weight_only(algo, args.bits, args.group)
         .with_context(|| format!("--bits {} --group {}", args.bits, args.group))?;
     c.weight_symmetric = !args.asym;
+    // GPTQ's settings would do nothing for another algorithm: refuse them rather than ignore.
+    let gptq_flags = [
+        ("--act-order", args.act_order.is_some()),
+        ("--damp", args.damp.is_some()),
+        ("--sink-share", args.sink_share.is_some()),
+    ];
+    if !matches!(args.algo, Algo::Gptq) {
+        if let Some((flag, _)) = gptq_flags.iter().find(|(_, given)| *given) {
+            bail!("{flag} is a GPTQ setting; it needs --algo gptq");
+        }
+    }
     if let Some(d) = args.damp {
         c.gptq.damp_percent = d;
     }
