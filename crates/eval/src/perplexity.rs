@@ -7,7 +7,11 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, D};
 use gstick_models::layerwise::LayerwiseLm;
 use gstick_models::llama::WeightSource;
-use gstick_nn::{Cell, CellCtx, Error, Executor, Mode, Network, Result};
+use gstick_nn::cells::Linear;
+use gstick_nn::kernels::linear_nll::linear_nll;
+use gstick_nn::kernels::rows::nll_rows;
+use gstick_nn::kernels::with_f32;
+use gstick_nn::{Cell, CellCtx, Error, Executor, Mode, Network, Profile, Result};
 
 /// The result of a perplexity run.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -60,7 +64,8 @@ impl SplitLm {
     }
 }
 
-/// Positions per head chunk: 64 x 49152 f32 logits is 12.6 MB.
+/// Positions per head chunk when the head is not a float Linear (a quantized deploy head):
+/// 64 x 49152 f32 logits is 12.6 MB.
 const HEAD_CHUNK: usize = 64;
 
 /// Sum of the next-token NLL over one window of token ids (in f64), and the number of predictions.
@@ -78,6 +83,19 @@ pub fn window_nll(exec: &mut Executor, lm: &SplitLm, ids: &[u32]) -> Result<(f64
 /// a few positions at a time.
 fn head_nll(head: Option<&dyn Cell>, hidden: &Tensor, ids: &[u32]) -> Result<(f64, usize)> {
     let t = ids.len();
+    // A float Linear head (no bias) goes through the fused kernel that never holds the logits.
+    let linear = head.and_then(gstick_nn::cell::downcast::<Linear>);
+    if let Some(linear) = linear.filter(|l| l.bias.is_none()) {
+        let w = linear.weight.tensor();
+        if w.dtype() == DType::F32 && hidden.dtype() == DType::F32 {
+            let k = hidden.dim(D::Minus1)?;
+            let h = hidden.narrow(0, 0, t - 1)?;
+            let nll = with_f32(&h, |h| {
+                with_f32(w, |w| linear_nll(h, w, k, &ids[1..]).map_err(Error::Config))
+            })???;
+            return Ok((nll.iter().sum(), t - 1));
+        }
+    }
     let mut total = 0f64;
     let mut ctx_rng = gstick_nn::rng(0);
     for start in (0..t - 1).step_by(HEAD_CHUNK) {
@@ -87,11 +105,12 @@ fn head_nll(head: Option<&dyn Cell>, hidden: &Tensor, ids: &[u32]) -> Result<(f6
             Some(head) => head.forward(&[h], &mut CellCtx::new(Mode::Eval, &mut ctx_rng))?,
             None => h,
         };
-        let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-        let targets =
-            Tensor::from_vec(ids[start + 1..start + 1 + n].to_vec(), (n, 1), &Device::Cpu)?;
-        let picked: Vec<f32> = log_probs.gather(&targets, 1)?.flatten_all()?.to_vec1()?;
-        total += picked.iter().map(|&v| -(v as f64)).sum::<f64>();
+        let vocab = logits.dim(D::Minus1)?;
+        let targets = &ids[start + 1..start + 1 + n];
+        let nll = with_f32(&logits.to_dtype(DType::F32)?, |l| {
+            nll_rows(l, vocab, targets)
+        })??;
+        total += nll.iter().sum::<f64>();
     }
     Ok((total, t - 1))
 }
@@ -105,20 +124,51 @@ pub fn perplexity(
     windows: Option<usize>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<PplReport> {
+    Ok(perplexity_run(net, ids, seqlen, windows, &mut progress, false)?.0)
+}
+
+/// [`perplexity`] with the time spent in each cell kind (and in the LM head with the NLL, as
+/// `LM head + NLL`), for finding where the forward pass spends its time.
+pub fn perplexity_profiled(
+    net: &Network,
+    ids: &[u32],
+    seqlen: usize,
+    windows: Option<usize>,
+) -> Result<(PplReport, Profile)> {
+    let (report, profile) = perplexity_run(net, ids, seqlen, windows, &mut |_, _| {}, true)?;
+    Ok((report, profile.unwrap_or_default()))
+}
+
+fn perplexity_run(
+    net: &Network,
+    ids: &[u32],
+    seqlen: usize,
+    windows: Option<usize>,
+    progress: &mut dyn FnMut(usize, usize),
+    profiled: bool,
+) -> Result<(PplReport, Option<Profile>)> {
     let windows = window_count(ids, seqlen, windows)?;
     let lm = SplitLm::new(net)?;
     let mut exec = Executor::new(Mode::Eval, 0);
+    if profiled {
+        exec.profile = Some(Profile::default());
+    }
     let started = Instant::now();
     let mut sums = Vec::with_capacity(windows);
     for w in 0..windows {
-        sums.push(window_nll(
-            &mut exec,
-            &lm,
-            &ids[w * seqlen..(w + 1) * seqlen],
-        )?);
+        let window = &ids[w * seqlen..(w + 1) * seqlen];
+        let input = Tensor::from_vec(window.to_vec(), (1, seqlen), &Device::Cpu)?;
+        let hidden = exec.forward1(&lm.body, &input)?.squeeze(0)?;
+        let head_started = Instant::now();
+        sums.push(head_nll(lm.head.as_deref(), &hidden, window)?);
+        if let Some(p) = exec.profile.as_mut() {
+            let e = p.by_kind.entry("LM head + NLL".into()).or_default();
+            e.0 += head_started.elapsed();
+            e.1 += 1;
+        }
         progress(w + 1, windows);
     }
-    report(sums, seqlen, started)
+    Ok((report(sums, seqlen, started)?, exec.profile.take()))
 }
 
 /// How many whole windows of `seqlen` tokens to evaluate (all of them when `None`).

@@ -28,6 +28,27 @@ pub struct Executor {
     hooks: Vec<(Option<String>, Hook)>,
     /// Present during incremental decoding: attention nodes append to it and read from it.
     pub cache: Option<KvCache>,
+    /// When present, the time spent in each cell kind (leaf cells only) is added to it.
+    pub profile: Option<Profile>,
+}
+
+/// Time and calls per cell kind, for finding where a forward pass spends its time.
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    pub by_kind: std::collections::BTreeMap<String, (std::time::Duration, usize)>,
+}
+
+impl Profile {
+    /// Kinds by time spent, the largest first: (kind, seconds, calls).
+    pub fn ranked(&self) -> Vec<(String, f64, usize)> {
+        let mut rows: Vec<_> = self
+            .by_kind
+            .iter()
+            .map(|(k, (d, n))| (k.clone(), d.as_secs_f64(), *n))
+            .collect();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        rows
+    }
 }
 
 impl Executor {
@@ -38,6 +59,7 @@ impl Executor {
             rng: crate::rng(seed),
             hooks: Vec::new(),
             cache: None,
+            profile: None,
         }
     }
 
@@ -143,7 +165,14 @@ impl Executor {
                         node: &name,
                         cache: self.cache.as_mut(),
                     };
-                    cell.forward(&args, &mut ctx).map_err(wrap)?
+                    let started = self.profile.is_some().then(std::time::Instant::now);
+                    let out = cell.forward(&args, &mut ctx).map_err(wrap)?;
+                    if let (Some(p), Some(t)) = (self.profile.as_mut(), started) {
+                        let e = p.by_kind.entry(node.kind().to_string()).or_default();
+                        e.0 += t.elapsed();
+                        e.1 += 1;
+                    }
+                    out
                 }
                 Op::SubGraph { graph: sub, .. } => self
                     .run_graph(sub, &name, &args)

@@ -1,14 +1,29 @@
 //! Keys and values of earlier positions, kept per attention node during incremental decoding, so
-//! each new token attends to the prefix without recomputing it.
+//! each new token attends to the prefix without recomputing it. Stored token-major, the layout
+//! the projections produce and the fused attention reads: a decode step appends one row per
+//! sequence instead of copying the whole cache.
 
 use std::collections::HashMap;
 
-use candle_core::Tensor;
+/// The cached keys and values of one sequence at one attention node: (positions, width) rows,
+/// keys already rotated.
+#[derive(Clone, Debug, Default)]
+pub struct KvRows {
+    pub width: usize,
+    pub keys: Vec<f32>,
+    pub values: Vec<f32>,
+}
 
-/// Cached (keys, values) per attention node, each (B, kv_heads, positions, head_dim).
+impl KvRows {
+    pub fn positions(&self) -> usize {
+        self.keys.len() / self.width.max(1)
+    }
+}
+
+/// Cached rows per attention node, one [`KvRows`] per sequence of the batch.
 #[derive(Default, Debug)]
 pub struct KvCache {
-    entries: HashMap<String, (Tensor, Tensor)>,
+    entries: HashMap<String, Vec<KvRows>>,
 }
 
 impl KvCache {
@@ -20,15 +35,45 @@ impl KvCache {
     pub fn positions(&self, node: &str) -> usize {
         self.entries
             .get(node)
-            .map_or(0, |(k, _)| k.dims().get(2).copied().unwrap_or(0))
+            .and_then(|rows| rows.first())
+            .map_or(0, KvRows::positions)
     }
 
-    pub fn get(&self, node: &str) -> Option<&(Tensor, Tensor)> {
-        self.entries.get(node)
+    /// The rows of node `node` for a batch of `batch` sequences of `width` values per position,
+    /// created empty on first use. A batch size or width that differs from what is cached is an
+    /// error (a new sequence needs [`KvCache::clear`]).
+    pub fn rows_mut(
+        &mut self,
+        node: &str,
+        batch: usize,
+        width: usize,
+    ) -> crate::Result<&mut [KvRows]> {
+        let rows = self.entries.entry(node.to_string()).or_insert_with(|| {
+            vec![
+                KvRows {
+                    width,
+                    ..KvRows::default()
+                };
+                batch
+            ]
+        });
+        if rows.len() != batch || rows.iter().any(|r| r.width != width) {
+            return Err(crate::Error::Config(format!(
+                "the KV cache of `{node}` holds {} sequence(s) of width {}, the input has {batch} of width {width}",
+                rows.len(),
+                rows.first().map_or(0, |r| r.width)
+            )));
+        }
+        Ok(rows)
     }
 
-    pub fn store(&mut self, node: &str, keys: Tensor, values: Tensor) {
-        self.entries.insert(node.to_string(), (keys, values));
+    /// Bytes held by the cached keys and values.
+    pub fn bytes(&self) -> usize {
+        self.entries
+            .values()
+            .flatten()
+            .map(|r| (r.keys.len() + r.values.len()) * 4)
+            .sum()
     }
 
     /// Forgets everything (a new sequence starts).

@@ -21,7 +21,7 @@ pub mod train;
 pub use cell::{Cell, CellCtx, Mode, Network};
 pub use comp_algo::{CompAlgo, ConfigError};
 pub use error::{Error, Result};
-pub use executor::{Executor, HookCall};
+pub use executor::{Executor, HookCall, Profile};
 pub use kv_cache::KvCache;
 pub use param::{named_params, Param};
 

@@ -58,6 +58,9 @@ pub struct PplBenchArgs {
     /// Skip the transformers baseline.
     #[arg(long)]
     pub no_transformers: bool,
+    /// Also report the seconds spent in each cell kind (profiling adds no measurable cost).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 fn ppl(args: PplBenchArgs) -> Result<()> {
@@ -65,7 +68,8 @@ fn ppl(args: PplBenchArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading {}", args.text.display()))?;
     let ids = tokenizer.encode(&text)?;
-    let ours = gstick_eval::perplexity(&net, &ids, args.seqlen, Some(args.windows), |_, _| {})?;
+    let (ours, profile) =
+        gstick_eval::perplexity_profiled(&net, &ids, args.seqlen, Some(args.windows))?;
     drop(net);
     let mut report = serde_json::json!({
         "bench": "llm-perplexity-throughput",
@@ -74,6 +78,13 @@ fn ppl(args: PplBenchArgs) -> Result<()> {
         "gstick_tokens_per_s": ours.tokens_per_s,
         "gstick_ppl": ours.ppl,
     });
+    if args.profile {
+        report["profile_seconds"] = profile
+            .ranked()
+            .into_iter()
+            .map(|(kind, seconds, calls)| serde_json::json!({"kind": kind, "seconds": seconds, "calls": calls}))
+            .collect();
+    }
     if !args.no_transformers {
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/ppl_transformers.py");

@@ -1,7 +1,7 @@
 use candle_core::Tensor;
 
 use crate::error::expect_inputs;
-use crate::{Cell, CellCtx, Result};
+use crate::{Cell, CellCtx, Mode, Result};
 
 /// Parameterless element-wise activations (and softmax along one dimension).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -63,8 +63,14 @@ impl Cell for Activation {
         }
     }
 
-    fn forward(&self, inputs: &[Tensor], _ctx: &mut CellCtx) -> Result<Tensor> {
+    fn forward(&self, inputs: &[Tensor], ctx: &mut CellCtx) -> Result<Tensor> {
         expect_inputs(self.kind(), inputs, 1)?;
+        if self.0 == ActivationKind::Silu
+            && ctx.mode == Mode::Eval
+            && inputs[0].dtype() == candle_core::DType::F32
+        {
+            return Ok(crate::kernels::rows::silu(&inputs[0])?);
+        }
         Ok(self.0.apply(&inputs[0])?)
     }
 

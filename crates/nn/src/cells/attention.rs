@@ -1,7 +1,10 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::Rope;
-use crate::{Cell, CellCtx, Error, Result};
+use crate::kernels::attention::{attend, AttentionDims};
+use crate::kernels::rows::rotate_heads;
+use crate::kernels::with_f32;
+use crate::{Cell, CellCtx, Error, Mode, Result};
 
 /// Multi-head self-attention over projected q, k, v (B, T, heads * head_dim): causal or
 /// bidirectional, with optional rotary position embeddings (rotate-half convention) and
@@ -79,55 +82,107 @@ impl SelfAttention {
     }
 }
 
-impl Cell for SelfAttention {
-    fn kind(&self) -> &'static str {
-        "SelfAttention"
-    }
-
-    fn forward(&self, inputs: &[Tensor], ctx: &mut CellCtx) -> Result<Tensor> {
-        let [q, k, v] = inputs else {
-            return Err(Error::Arity {
-                kind: "SelfAttention",
-                expected: "3 (q, k, v)".into(),
-                got: inputs.len(),
-            });
-        };
-        let (b, t, _) = q.dims3()?;
-        // With a cache (incremental decoding), these t tokens follow `offset` cached positions.
+impl SelfAttention {
+    /// Inference on the fused kernel: token-major q/k/v, RoPE and the 1/sqrt(head_dim) scale
+    /// applied in one pass, keys and values appended to the cache when there is one.
+    fn forward_fused(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        ctx: &mut CellCtx,
+    ) -> Result<Tensor> {
+        let (b, t, q_width) = q.dims3()?;
+        let (d, kv_width) = (self.head_dim, self.kv_heads * self.head_dim);
+        for (name, x, width) in [
+            ("q", q, self.heads * d),
+            ("k", k, kv_width),
+            ("v", v, kv_width),
+        ] {
+            if x.dims() != [b, t, width] {
+                return Err(Error::Config(format!(
+                    "attention {name} has shape {:?}, expected ({b}, {t}, {width})",
+                    x.dims()
+                )));
+            }
+        }
         let node = ctx.node;
         let offset = ctx.cache.as_deref().map_or(0, |c| c.positions(node));
+        let tables = self.rope.as_ref().map(|r| r.half_tables(d, offset, t));
+        let dims = AttentionDims {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: d,
+            causal: self.causal,
+        };
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; b * t * q_width];
+        let mut cache_rows = match ctx.cache.as_deref_mut() {
+            Some(cache) => Some(cache.rows_mut(node, b, kv_width)?),
+            None => None,
+        };
+        with_f32(q, |q| {
+            with_f32(k, |k| {
+                with_f32(v, |v| {
+                    for s in 0..b {
+                        let qs = &q[s * t * q_width..(s + 1) * t * q_width];
+                        let (ks, vs) = (
+                            &k[s * t * kv_width..(s + 1) * t * kv_width],
+                            &v[s * t * kv_width..(s + 1) * t * kv_width],
+                        );
+                        let mut qr = vec![0f32; qs.len()];
+                        let mut kr = vec![0f32; ks.len()];
+                        match &tables {
+                            Some(tab) => {
+                                rotate_heads(qs, d, &tab.cos, &tab.sin, scale, &mut qr);
+                                rotate_heads(ks, d, &tab.cos, &tab.sin, 1.0, &mut kr);
+                            }
+                            None => {
+                                qr.iter_mut().zip(qs).for_each(|(o, x)| *o = x * scale);
+                                kr.copy_from_slice(ks);
+                            }
+                        }
+                        let out_s = &mut out[s * t * q_width..(s + 1) * t * q_width];
+                        match cache_rows.as_deref_mut() {
+                            Some(rows) => {
+                                let cached = &mut rows[s];
+                                cached.keys.extend_from_slice(&kr);
+                                cached.values.extend_from_slice(vs);
+                                attend(dims, &qr, &cached.keys, &cached.values, out_s);
+                            }
+                            None => attend(dims, &qr, &kr, vs, out_s),
+                        }
+                    }
+                })
+            })
+        })???;
+        Ok(Tensor::from_vec(out, (b, t, q_width), q.device())?)
+    }
+
+    /// The same attention from candle's ops, which autodiff can differentiate (training) and
+    /// which the fused kernel is tested against.
+    pub fn forward_reference(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = q.dims3()?;
         let (mut q, mut k) = (
             self.split_heads(q, self.heads)?,
             self.split_heads(k, self.kv_heads)?,
         );
         if let Some(rope) = &self.rope {
-            let (cos, sin) = rope.tables(self.head_dim, offset, t, q.dtype(), q.device())?;
+            let (cos, sin) = rope.tables(self.head_dim, 0, t, q.dtype(), q.device())?;
             q = Self::rotate(&q, &cos, &sin)?;
             k = Self::rotate(&k, &cos, &sin)?;
         }
-        let mut v = self.split_heads(v, self.kv_heads)?;
-        if let Some(cache) = ctx.cache.as_deref_mut() {
-            if let Some((k0, v0)) = cache.get(node) {
-                k = Tensor::cat(&[k0, &k], 2)?;
-                v = Tensor::cat(&[v0, &v], 2)?;
-            }
-            cache.store(node, k.clone(), v.clone());
-        }
-        let total = offset + t;
+        let v = self.split_heads(v, self.kv_heads)?;
         // Grouped-query attention: query head h reads key/value head h / group. Queries go in
-        // blocks of rows so the score matrix stays small (cache-sized, no huge allocations) and
-        // each block only reads the keys it may attend to.
+        // blocks of rows so the score matrix stays small and each block only reads the keys it
+        // may attend to.
         let group = self.heads / self.kv_heads;
         let q = (q.reshape((b, self.kv_heads, group, t, self.head_dim))?
             / (self.head_dim as f64).sqrt())?;
-        let mut blocks = Vec::with_capacity(t.div_ceil(QUERY_BLOCK));
-        for r0 in (0..t).step_by(QUERY_BLOCK) {
-            let rows = QUERY_BLOCK.min(t - r0);
-            let keys = if self.causal {
-                offset + r0 + rows
-            } else {
-                total
-            };
+        let mut blocks = Vec::with_capacity(t.div_ceil(REFERENCE_QUERY_BLOCK));
+        for r0 in (0..t).step_by(REFERENCE_QUERY_BLOCK) {
+            let rows = REFERENCE_QUERY_BLOCK.min(t - r0);
+            let keys = if self.causal { r0 + rows } else { t };
             let qb =
                 q.narrow(3, r0, rows)?
                     .reshape((b, self.kv_heads, group * rows, self.head_dim))?;
@@ -137,7 +192,7 @@ impl Cell for SelfAttention {
                 .matmul(&kb.t()?)?
                 .reshape((b, self.kv_heads, group, rows, keys))?;
             let scores = if self.causal {
-                let mask = causal_mask(offset + r0, rows, keys, scores.dtype(), scores.device())?;
+                let mask = causal_mask(r0, rows, keys, scores.dtype(), scores.device())?;
                 scores.broadcast_add(&mask)?
             } else {
                 scores
@@ -153,6 +208,34 @@ impl Cell for SelfAttention {
             .reshape((b, self.heads, t, self.head_dim))?
             .transpose(1, 2)?;
         Ok(out.reshape((b, t, self.heads * self.head_dim))?)
+    }
+}
+
+impl Cell for SelfAttention {
+    fn kind(&self) -> &'static str {
+        "SelfAttention"
+    }
+
+    fn forward(&self, inputs: &[Tensor], ctx: &mut CellCtx) -> Result<Tensor> {
+        let [q, k, v] = inputs else {
+            return Err(Error::Arity {
+                kind: "SelfAttention",
+                expected: "3 (q, k, v)".into(),
+                got: inputs.len(),
+            });
+        };
+        let f32_inputs = [q, k, v].iter().all(|t| t.dtype() == DType::F32);
+        if ctx.mode == Mode::Eval && f32_inputs {
+            return self.forward_fused(q, k, v, ctx);
+        }
+        if ctx.cache.is_some() {
+            return Err(Error::Config(format!(
+                "the KV cache serves f32 inference (Mode::Eval); got {:?} in {:?} mode",
+                q.dtype(),
+                ctx.mode
+            )));
+        }
+        self.forward_reference(q, k, v)
     }
 
     fn summary(&self) -> String {
@@ -172,9 +255,9 @@ impl Cell for SelfAttention {
     }
 }
 
-/// Query rows per attention block: the largest score block (9 heads x 128 x 2048 f32) stays under
-/// the allocator's 16 MiB large-object limit, so its memory is reused instead of faulted in anew.
-const QUERY_BLOCK: usize = 128;
+/// Query rows per block of the reference path: the largest score block (9 heads x 128 x 2048 f32)
+/// stays under the allocator's 16 MiB large-object limit, so its memory is reused.
+const REFERENCE_QUERY_BLOCK: usize = 128;
 
 /// (rows, keys) for query positions r0..r0+rows: 0 where the key position is at or before the
 /// query position, -inf after it.

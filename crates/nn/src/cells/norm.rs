@@ -1,7 +1,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::expect_inputs;
-use crate::{Cell, CellCtx, Param, Result};
+use crate::{Cell, CellCtx, Mode, Param, Result};
 
 /// Layer normalization over the last dimension, with learned scale and shift.
 #[derive(Clone, Debug)]
@@ -89,9 +89,12 @@ impl Cell for RmsNorm {
     fn forward(&self, inputs: &[Tensor], ctx: &mut CellCtx) -> Result<Tensor> {
         expect_inputs("RMSNorm", inputs, 1)?;
         let x = &inputs[0];
+        let w = self.weight.value(ctx.mode);
+        if ctx.mode == Mode::Eval && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+            return Ok(crate::kernels::rows::rms_norm(x, &w, self.eps)?);
+        }
         let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
-        Ok(x.broadcast_div(&rms)?
-            .broadcast_mul(&self.weight.value(ctx.mode))?)
+        Ok(x.broadcast_div(&rms)?.broadcast_mul(&w)?)
     }
 
     fn params(&self) -> Vec<(&'static str, &Param)> {

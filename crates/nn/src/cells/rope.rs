@@ -1,6 +1,8 @@
 //! Rotary position embeddings: the frequencies, their scaling variants, and the cos/sin tables.
 
+use std::cell::RefCell;
 use std::f64::consts::PI;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -98,4 +100,43 @@ impl Rope {
         let make = |v| Tensor::from_vec(v, (t, head_dim), device)?.to_dtype(dtype);
         Ok((make(cos)?, make(sin)?))
     }
+
+    /// cos and sin of every (position, frequency) for positions start..start+t, as f32 rows of
+    /// head_dim / 2 (the fused attention's form of [`Rope::tables`], same values). The last table
+    /// is kept per thread: every layer of a forward pass asks for the same one.
+    pub fn half_tables(&self, head_dim: usize, start: usize, t: usize) -> Arc<RopeTables> {
+        thread_local! {
+            static LAST: RefCell<Option<CachedTables>> = const { RefCell::new(None) };
+        }
+        LAST.with_borrow_mut(|last| {
+            if let Some((rope, d, s, n, tables)) = last.as_ref() {
+                if rope == self && (*d, *s, *n) == (head_dim, start, t) {
+                    return tables.clone();
+                }
+            }
+            let freqs = self.inv_freq(head_dim);
+            let mut cos = Vec::with_capacity(t * freqs.len());
+            let mut sin = Vec::with_capacity(t * freqs.len());
+            for pos in start..start + t {
+                for f in &freqs {
+                    let angle = pos as f64 * f;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+            let tables = Arc::new(RopeTables { cos, sin });
+            *last = Some((self.clone(), head_dim, start, t, tables.clone()));
+            tables
+        })
+    }
+}
+
+/// The last tables made on a thread, with what they were made for (rope, head_dim, start, t).
+type CachedTables = (Rope, usize, usize, usize, Arc<RopeTables>);
+
+/// cos and sin rows (positions, head_dim / 2), row-major.
+#[derive(Debug)]
+pub struct RopeTables {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
 }

@@ -52,11 +52,15 @@ macro_rules! dispatch2 {
     };
 }
 
+pub mod attention;
 pub mod channel_bias;
 pub mod conv2d;
 pub mod linear;
+pub mod linear_nll;
 pub mod max_pool2d;
 pub mod relu;
+pub mod rows;
+pub mod vector_math;
 
 /// Float element types the kernels are written for.
 pub trait Elem: Copy + Default + PartialOrd + Send + Sync + 'static + std::ops::AddAssign {
@@ -125,6 +129,43 @@ pub fn for_each_chunk<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &
             run(0, part);
         }
     });
+}
+
+/// Calls `f` on every item, item i on thread i mod n, so items whose cost grows with their index
+/// (causal attention blocks) spread evenly. `work` is a rough count of the values computed: below
+/// [`MIN_PARALLEL_ELEMENTS`] everything runs on the calling thread.
+pub fn for_each_interleaved<T: Send>(items: Vec<T>, work: usize, f: impl Fn(T) + Sync) {
+    let threads = cores().min(items.len()).max(1);
+    if threads == 1 || work < MIN_PARALLEL_ELEMENTS {
+        items.into_iter().for_each(f);
+        return;
+    }
+    let mut buckets: Vec<Vec<T>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        buckets[i % threads].push(item);
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let mut buckets = buckets.into_iter();
+        let first = buckets.next();
+        for bucket in buckets {
+            scope.spawn(move || bucket.into_iter().for_each(f));
+        }
+        first.into_iter().flatten().for_each(f);
+    });
+}
+
+/// Runs `f` on the contiguous f32 values of `t` (copied first only when `t` is a strided view).
+pub fn with_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => Ok(f(contiguous(v, layout)?)),
+        _ => Err(candle_core::Error::Msg(format!(
+            "kernel needs an f32 tensor on the CPU, got {:?}",
+            t.dtype()
+        ))),
+    }
 }
 
 /// Below this many output values a kernel runs on the calling thread (spawning costs more).

@@ -1,0 +1,277 @@
+//! Fused multi-head attention for inference, on the token-major layout the projections produce
+//! ((positions, heads * head_dim) rows): no head transposes, no mask tensor, no score tensor for
+//! the whole sequence. Queries go in blocks of [`QUERY_BLOCK`] rows; for each block and head the
+//! scores against the keys it may see (a causal block stops at its last row's position) are one
+//! matrix product, the softmax runs in place on vectorized exp, and a second product adds the
+//! values into the output. Grouped-query heads read their shared key/value head in place.
+//!
+//! Blocks are spread over the cores (block i to thread i mod n, which balances the causal
+//! blocks' growing cost), and each block is computed the same way on any thread, so results do
+//! not depend on the thread count.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+use super::vector_math::{self, MathPath};
+
+/// Query rows per block: with SmolLM2's 3 query heads per key/value head, a 192 x 2048 score
+/// block (1.5 MB) stays in a core's 2 MB L2 cache.
+pub const QUERY_BLOCK: usize = 64;
+
+/// The head layout of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionDims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Query row i (of t) sees keys up to position (keys - t + i); otherwise it sees them all.
+    pub causal: bool,
+}
+
+impl AttentionDims {
+    fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+/// softmax(q k^T) v for one sequence. `q` is (t, heads * head_dim), already rotated and scaled by
+/// 1/sqrt(head_dim); `k` and `v` are (keys, kv_heads * head_dim) with keys >= t, the last t of
+/// them at the queries' positions. Writes `out` (t, heads * head_dim).
+pub fn attend(dims: AttentionDims, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
+    attend_on(MathPath::best(), dims, q, k, v, out)
+}
+
+/// [`attend`] with the vector-math path chosen by the caller (tests compare paths).
+pub fn attend_on(
+    path: MathPath,
+    dims: AttentionDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+) {
+    let (qw, kw) = (dims.q_width(), dims.kv_width());
+    let t = q.len() / qw.max(1);
+    let keys = k.len() / kw.max(1);
+    assert!(
+        q.len() == t * qw && out.len() == q.len() && k.len() == keys * kw && v.len() == k.len(),
+        "attention buffers do not match {dims:?}"
+    );
+    assert!(keys >= t, "attention has {t} queries but only {keys} keys");
+    let blocks: Vec<(usize, &mut [f32])> = out.chunks_mut(QUERY_BLOCK * qw).enumerate().collect();
+    super::for_each_interleaved(blocks, t * keys * qw, |(b, out_block)| {
+        let mut scratch = Scratch::default();
+        attend_block(
+            path,
+            dims,
+            q,
+            k,
+            v,
+            b * QUERY_BLOCK,
+            keys - t,
+            out_block,
+            &mut scratch,
+        );
+    });
+}
+
+/// One block of query rows starting at row r0, for every head. `offset` is the position of
+/// query row 0. The query heads that share a key/value head are stacked into one product, so
+/// each key and value block is packed once per group instead of once per head.
+#[allow(clippy::too_many_arguments)]
+fn attend_block(
+    path: MathPath,
+    dims: AttentionDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    r0: usize,
+    offset: usize,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    let (qw, kw, d) = (dims.q_width(), dims.kv_width(), dims.head_dim);
+    let rows = out.len() / qw;
+    let total = k.len() / kw;
+    // A causal block needs the keys up to its last row's position.
+    let keys = if dims.causal {
+        offset + r0 + rows
+    } else {
+        total
+    };
+    let group = dims.heads / dims.kv_heads;
+    let stacked = group * rows;
+    scratch.scores.resize(stacked * keys, 0.0);
+    scratch.queries.resize(stacked * d, 0.0);
+    scratch.out.resize(stacked * d, 0.0);
+    for kv in 0..dims.kv_heads {
+        // Stacked row j * rows + i is query row r0 + i of head kv * group + j.
+        for j in 0..group {
+            let h = kv * group + j;
+            for i in 0..rows {
+                let src = (r0 + i) * qw + h * d;
+                scratch.queries[(j * rows + i) * d..][..d].copy_from_slice(&q[src..src + d]);
+            }
+        }
+        let kb = MatRef::from_row_major_slice_with_stride(&k[kv * d..], keys, d, kw);
+        let vb = MatRef::from_row_major_slice_with_stride(&v[kv * d..], keys, d, kw);
+        matmul(
+            MatMut::from_row_major_slice_mut(&mut scratch.scores, stacked, keys),
+            Accum::Replace,
+            MatRef::from_row_major_slice(&scratch.queries, stacked, d),
+            kb.transpose(),
+            1.0f32,
+            Par::Seq,
+        );
+        for (row_index, row) in scratch.scores.chunks_exact_mut(keys).enumerate() {
+            let i = row_index % rows;
+            let visible = if dims.causal {
+                offset + r0 + i + 1
+            } else {
+                keys
+            };
+            let (seen, hidden) = row.split_at_mut(visible);
+            let m = vector_math::max(path, seen);
+            let sum = vector_math::exp_shifted_sum(path, seen, m);
+            vector_math::scale(path, seen, 1.0 / sum);
+            hidden.fill(0.0);
+        }
+        matmul(
+            MatMut::from_row_major_slice_mut(&mut scratch.out, stacked, d),
+            Accum::Replace,
+            MatRef::from_row_major_slice(&scratch.scores, stacked, keys),
+            vb,
+            1.0f32,
+            Par::Seq,
+        );
+        for j in 0..group {
+            let h = kv * group + j;
+            for i in 0..rows {
+                out[i * qw + h * d..][..d].copy_from_slice(&scratch.out[(j * rows + i) * d..][..d]);
+            }
+        }
+    }
+}
+
+/// Per-thread buffers of [`attend_block`].
+#[derive(Default)]
+struct Scratch {
+    queries: Vec<f32>,
+    scores: Vec<f32>,
+    out: Vec<f32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention written out directly in f64, the reference.
+    fn naive(dims: AttentionDims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let (qw, kw, d) = (dims.q_width(), dims.kv_width(), dims.head_dim);
+        let t = q.len() / qw;
+        let keys = k.len() / kw;
+        let group = dims.heads / dims.kv_heads;
+        let mut out = vec![0f32; q.len()];
+        for i in 0..t {
+            for h in 0..dims.heads {
+                let kv = h / group;
+                let visible = if dims.causal { keys - t + i + 1 } else { keys };
+                let s: Vec<f64> = (0..visible)
+                    .map(|j| {
+                        (0..d)
+                            .map(|x| q[i * qw + h * d + x] as f64 * k[j * kw + kv * d + x] as f64)
+                            .sum()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for x in 0..d {
+                    let o: f64 = (0..visible)
+                        .map(|j| e[j] / z * v[j * kw + kv * d + x] as f64)
+                        .sum();
+                    out[i * qw + h * d + x] = o as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let x = (i as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .wrapping_add(seed * 97)
+                    >> 8;
+                (x % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check(dims: AttentionDims, t: usize, keys: usize) {
+        let q = values(t * dims.q_width(), 1);
+        let k = values(keys * dims.kv_width(), 2);
+        let v = values(keys * dims.kv_width(), 3);
+        let want = naive(dims, &q, &k, &v);
+        let mut got = vec![0f32; q.len()];
+        attend(dims, &q, &k, &v, &mut got);
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{a} vs {b} ({dims:?})"
+            );
+        }
+        for p in MathPath::available() {
+            let mut other = vec![0f32; q.len()];
+            attend_on(p, dims, &q, &k, &v, &mut other);
+            assert_eq!(other, got, "path {p:?}");
+        }
+    }
+
+    #[test]
+    fn matches_direct_attention_causal_grouped_and_with_a_prefix() {
+        let gqa = AttentionDims {
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 8,
+            causal: true,
+        };
+        check(gqa, 150, 150); // several blocks, the last one partial
+        check(gqa, 1, 37); // one decode step after 36 cached positions
+        check(gqa, 70, 100); // a chunk of new positions after a prefix
+        let encoder = AttentionDims {
+            heads: 4,
+            kv_heads: 4,
+            head_dim: 16,
+            causal: false,
+        };
+        check(encoder, 90, 90);
+    }
+
+    #[test]
+    fn thread_count_does_not_change_results() {
+        let dims = AttentionDims {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+            causal: true,
+        };
+        let t = 300;
+        let (q, k, v) = (values(t * 64, 4), values(t * 32, 5), values(t * 32, 6));
+        let run = |threads| {
+            crate::kernels::set_kernel_threads(Some(threads));
+            let mut out = vec![0f32; q.len()];
+            attend(dims, &q, &k, &v, &mut out);
+            out
+        };
+        let one = run(1);
+        let three = run(3);
+        crate::kernels::set_kernel_threads(None);
+        assert_eq!(one, three);
+    }
+}
