@@ -202,6 +202,30 @@ fn language_model_commands() {
     let ppl = v["ppl"].as_f64().unwrap();
     assert!(ppl > 2.0 && ppl < 40.0, "{v}");
     assert!(v["seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["compute"], "f32");
+
+    // bf16 arithmetic (AMX tiles where present, emulated elsewhere) changes perplexity by a
+    // fraction of a percent, and the report says where it ran.
+    let (ok, out, err) = gstick(&[
+        "eval",
+        "ppl",
+        "--model",
+        &model,
+        "--text",
+        &text,
+        "--seqlen",
+        "256",
+        "--windows",
+        "2",
+        "--json",
+        "--compute",
+        "bf16",
+    ]);
+    assert!(ok, "{err}");
+    let bf16 = json(&out);
+    assert!(bf16["compute"].as_str().unwrap().contains("bf16"), "{bf16}");
+    let change = bf16["ppl"].as_f64().unwrap() / ppl - 1.0;
+    assert!(change.abs() < 0.005 && change != 0.0, "bf16 changed perplexity by {change}");
 
     let (ok, out, err) = gstick(&[
         "generate",

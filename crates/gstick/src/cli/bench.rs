@@ -61,6 +61,10 @@ pub struct PplBenchArgs {
     /// Also report the seconds spent in each cell kind (profiling adds no measurable cost).
     #[arg(long)]
     pub profile: bool,
+    /// Arithmetic of our Linear layers, comma-separated; each is measured in the same run (bf16:
+    /// AMX tiles where present) and reported with its perplexity change from the first.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
+    pub compute: Vec<crate::cli::llm_cmd::ComputeArg>,
 }
 
 fn ppl(args: PplBenchArgs) -> Result<()> {
@@ -68,23 +72,38 @@ fn ppl(args: PplBenchArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading {}", args.text.display()))?;
     let ids = tokenizer.encode(&text)?;
-    let (ours, profile) =
-        gstick_eval::perplexity_profiled(&net, &ids, args.seqlen, Some(args.windows))?;
+    let mut runs = Vec::new();
+    for compute in &args.compute {
+        let engine = compute.apply();
+        let (ours, profile) =
+            gstick_eval::perplexity_profiled(&net, &ids, args.seqlen, Some(args.windows))?;
+        let mut run = serde_json::json!({
+            "compute": engine,
+            "tokens_per_s": ours.tokens_per_s,
+            "ppl": ours.ppl,
+        });
+        if args.profile {
+            run["profile_seconds"] = profile
+                .ranked()
+                .into_iter()
+                .map(|(kind, seconds, calls)| serde_json::json!({"kind": kind, "seconds": seconds, "calls": calls}))
+                .collect();
+        }
+        runs.push((ours, run));
+    }
+    crate::cli::llm_cmd::ComputeArg::F32.apply();
     drop(net);
+    let (ours, _) = &runs[0];
+    let (first_ppl, ours_tps) = (ours.ppl, ours.tokens_per_s);
     let mut report = serde_json::json!({
         "bench": "llm-perplexity-throughput",
         "seqlen": args.seqlen,
         "windows": args.windows,
-        "gstick_tokens_per_s": ours.tokens_per_s,
-        "gstick_ppl": ours.ppl,
+        "cpu": cpu_name(),
+        "threads": gstick_nn::kernels::kernel_threads(),
+        "gstick_tokens_per_s": ours_tps,
+        "gstick_ppl": first_ppl,
     });
-    if args.profile {
-        report["profile_seconds"] = profile
-            .ranked()
-            .into_iter()
-            .map(|(kind, seconds, calls)| serde_json::json!({"kind": kind, "seconds": seconds, "calls": calls}))
-            .collect();
-    }
     if !args.no_transformers {
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/ppl_transformers.py");
@@ -104,7 +123,11 @@ fn ppl(args: PplBenchArgs) -> Result<()> {
                 .context("no tokens_per_s from transformers")?;
             report["transformers_tokens_per_s"] = theirs.into();
             report["transformers_ppl"] = v["ppl"].clone();
-            report["ratio_gstick_over_transformers"] = (ours.tokens_per_s / theirs).into();
+            report["ratio_gstick_over_transformers"] = (ours_tps / theirs).into();
+            for (_, run) in &mut runs {
+                run["ratio_over_transformers"] =
+                    (run["tokens_per_s"].as_f64().unwrap_or(0.0) / theirs).into();
+            }
         } else {
             let err = String::from_utf8_lossy(&out.stderr);
             eprintln!(
@@ -113,8 +136,26 @@ fn ppl(args: PplBenchArgs) -> Result<()> {
             );
         }
     }
+    for (_, run) in &mut runs {
+        let ppl = run["ppl"].as_f64().unwrap_or(f64::NAN);
+        run["ppl_change_from_first"] = (ppl / first_ppl - 1.0).into();
+    }
+    report["runs"] = runs.into_iter().map(|(_, run)| run).collect();
     println!("{report}");
     Ok(())
+}
+
+/// The CPU's model name (from /proc/cpuinfo on Linux), for reports of speed ratios.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 #[derive(Args)]

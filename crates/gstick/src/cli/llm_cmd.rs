@@ -28,6 +28,29 @@ pub struct PplArgs {
     pub windows: Option<usize>,
     #[arg(long)]
     pub json: bool,
+    /// Arithmetic of the float Linear layers: f32, or bf16 operands with f32 sums (AMX tiles
+    /// where the CPU has them).
+    #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
+    pub compute: ComputeArg,
+}
+
+/// `--compute`: the arithmetic of inference matrix products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ComputeArg {
+    F32,
+    Bf16,
+}
+
+impl ComputeArg {
+    /// Makes this the process's arithmetic and says where it runs.
+    pub fn apply(self) -> &'static str {
+        let compute = match self {
+            ComputeArg::F32 => gstick_nn::kernels::Compute::F32,
+            ComputeArg::Bf16 => gstick_nn::kernels::Compute::Bf16,
+        };
+        gstick_nn::kernels::set_compute(compute);
+        compute.engine()
+    }
 }
 
 #[derive(Args)]
@@ -87,6 +110,10 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
 }
 
 pub fn ppl(args: PplArgs) -> Result<()> {
+    let engine = args.compute.apply();
+    if args.compute != ComputeArg::F32 {
+        eprintln!("compute: {engine}");
+    }
     let (net, _, tokenizer) = load_lm(&args.model)?;
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading {}", args.text.display()))?;
@@ -106,6 +133,7 @@ pub fn ppl(args: PplArgs) -> Result<()> {
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         v["text_tokens"] = ids.len().into();
+        v["compute"] = engine.into();
         println!("{v}");
     } else {
         println!(

@@ -62,6 +62,10 @@ pub fn attend_on(
         "attention buffers do not match {dims:?}"
     );
     assert!(keys >= t, "attention has {t} queries but only {keys} keys");
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if super::compute() == super::Compute::Bf16 && super::bf16_gemm::amx_available() {
+        return amx_attention::attend(path, dims, q, k, v, out);
+    }
     let blocks: Vec<(usize, &mut [f32])> = out.chunks_mut(QUERY_BLOCK * qw).enumerate().collect();
     super::for_each_interleaved(blocks, t * keys * qw, |(b, out_block)| {
         let mut scratch = Scratch::default();
@@ -152,6 +156,128 @@ fn attend_block(
             let h = kv * group + j;
             for i in 0..rows {
                 out[i * qw + h * d..][..d].copy_from_slice(&scratch.out[(j * rows + i) * d..][..d]);
+            }
+        }
+    }
+}
+
+/// Attention with bf16 operands on AMX tiles (`--compute bf16`): the same blocks as the f32
+/// path, the two products on the tile unit. Keys are packed once per key/value head as the
+/// "weight" of the score product and values, transposed, as that of the output product; a
+/// causal block multiplies only the prefix of keys it may see. The softmax stays f32, its
+/// probabilities rounded to bf16 for the second product.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx_attention {
+    use super::super::bf16_gemm::amx::{multiply_block_part, PackedWeight, RoundedRows};
+    use super::*;
+
+    pub fn attend(
+        path: MathPath,
+        dims: AttentionDims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+    ) {
+        let (qw, kw, d) = (dims.q_width(), dims.kv_width(), dims.head_dim);
+        let t = q.len() / qw;
+        let keys = k.len() / kw;
+        let mut packed: Vec<Option<(PackedWeight, PackedWeight)>> =
+            (0..dims.kv_heads).map(|_| None).collect();
+        let heads: Vec<(usize, &mut Option<(PackedWeight, PackedWeight)>)> =
+            packed.iter_mut().enumerate().collect();
+        crate::kernels::for_each_interleaved(heads, keys * kw * 2, |(h, slot)| {
+            let kh: Vec<f32> = (0..keys)
+                .flat_map(|j| k[j * kw + h * d..][..d].iter().copied())
+                .collect();
+            let mut vt = vec![0f32; d * keys];
+            for j in 0..keys {
+                for c in 0..d {
+                    vt[c * keys + j] = v[j * kw + h * d + c];
+                }
+            }
+            *slot = Some((
+                PackedWeight::new(&kh, keys, d, false),
+                PackedWeight::new(&vt, d, keys, false),
+            ));
+        });
+        let packed: Vec<(PackedWeight, PackedWeight)> = packed.into_iter().flatten().collect();
+        let blocks: Vec<(usize, &mut [f32])> =
+            out.chunks_mut(QUERY_BLOCK * qw).enumerate().collect();
+        crate::kernels::for_each_interleaved(blocks, t * keys * qw, |(b, out_block)| {
+            block(
+                path,
+                dims,
+                q,
+                &packed,
+                b * QUERY_BLOCK,
+                keys - t,
+                keys,
+                out_block,
+            )
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        path: MathPath,
+        dims: AttentionDims,
+        q: &[f32],
+        packed: &[(PackedWeight, PackedWeight)],
+        r0: usize,
+        offset: usize,
+        total: usize,
+        out: &mut [f32],
+    ) {
+        let (qw, d) = (dims.q_width(), dims.head_dim);
+        let rows = out.len() / qw;
+        let keys = if dims.causal {
+            offset + r0 + rows
+        } else {
+            total
+        };
+        let columns = keys.div_ceil(32) * 32;
+        let group = dims.heads / dims.kv_heads;
+        let stacked = group * rows;
+        let mut queries = vec![0f32; stacked * d];
+        let mut scores = vec![0f32; stacked * columns];
+        let mut result = vec![0f32; stacked * d.div_ceil(32) * 32];
+        let d_pad = d.div_ceil(32) * 32;
+        for (kv, (packed_k, packed_vt)) in packed.iter().enumerate() {
+            for j in 0..group {
+                let h = kv * group + j;
+                for i in 0..rows {
+                    let src = (r0 + i) * qw + h * d;
+                    queries[(j * rows + i) * d..][..d].copy_from_slice(&q[src..src + d]);
+                }
+            }
+            let qr = RoundedRows::new(&queries, stacked, d, false);
+            for (blk, part) in scores.chunks_mut(32 * columns).enumerate() {
+                multiply_block_part(&qr, blk, packed_k, columns, part);
+            }
+            for (row_index, row) in scores.chunks_exact_mut(columns).enumerate() {
+                let i = row_index % rows;
+                let visible = if dims.causal {
+                    offset + r0 + i + 1
+                } else {
+                    keys
+                };
+                let (seen, hidden) = row.split_at_mut(visible);
+                let m = vector_math::max(path, seen);
+                let sum = vector_math::exp_shifted_sum(path, seen, m);
+                vector_math::scale(path, seen, 1.0 / sum);
+                hidden.fill(0.0);
+            }
+            let probs = RoundedRows::new(&scores, stacked, columns, false);
+            for (blk, part) in result.chunks_mut(32 * d_pad).enumerate() {
+                multiply_block_part(&probs, blk, packed_vt, d_pad, part);
+            }
+            for j in 0..group {
+                let h = kv * group + j;
+                for i in 0..rows {
+                    out[i * qw + h * d..][..d]
+                        .copy_from_slice(&result[(j * rows + i) * d_pad..][..d]);
+                }
             }
         }
     }
@@ -251,6 +377,66 @@ mod tests {
             causal: false,
         };
         check(encoder, 90, 90);
+    }
+
+    /// The AMX path (bf16 operands) stays within bf16 rounding of the f32 path, and is
+    /// deterministic across thread counts.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[test]
+    fn bf16_tiles_stay_near_f32() {
+        if !crate::kernels::bf16_gemm::amx_available() {
+            return; // no AMX on this CPU: the emulated path is the f32 one
+        }
+        for (dims, t, keys) in [
+            (
+                AttentionDims {
+                    heads: 6,
+                    kv_heads: 2,
+                    head_dim: 64,
+                    causal: true,
+                },
+                150,
+                150,
+            ),
+            (
+                AttentionDims {
+                    heads: 6,
+                    kv_heads: 2,
+                    head_dim: 64,
+                    causal: true,
+                },
+                1,
+                77,
+            ),
+            (
+                AttentionDims {
+                    heads: 4,
+                    kv_heads: 4,
+                    head_dim: 32,
+                    causal: false,
+                },
+                45,
+                45,
+            ),
+        ] {
+            let q: Vec<f32> = values(t * dims.q_width(), 1)
+                .iter()
+                .map(|v| v * 0.3)
+                .collect();
+            let k = values(keys * dims.kv_width(), 2);
+            let v = values(keys * dims.kv_width(), 3);
+            let want = naive(dims, &q, &k, &v);
+            let mut got = vec![0f32; q.len()];
+            super::amx_attention::attend(MathPath::best(), dims, &q, &k, &v, &mut got);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 2e-2, "{a} vs {b} ({dims:?}, t {t})");
+            }
+            crate::kernels::set_kernel_threads(Some(1));
+            let mut one = vec![0f32; q.len()];
+            super::amx_attention::attend(MathPath::best(), dims, &q, &k, &v, &mut one);
+            crate::kernels::set_kernel_threads(None);
+            assert_eq!(one, got);
+        }
     }
 
     #[test]

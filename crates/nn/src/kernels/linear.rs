@@ -44,6 +44,10 @@ impl CustomOp2 for LinearForward {
         };
         let (x, w) = (contiguous(x, l1)?, contiguous(w, l2)?);
         let mut out = vec![0f32; m * n];
+        if super::compute() == super::Compute::Bf16 {
+            super::bf16_gemm::bf16_linear(x, w, m, n, k, &mut out);
+            return Ok((CpuStorage::F32(out), Shape::from((m, n))));
+        }
         let par = if cores() > 1 {
             Par::rayon(cores())
         } else {

@@ -9,6 +9,9 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+use super::bf16_gemm::{amx, amx_available};
+use super::bf16_gemm::{from_bf16, to_bf16};
 use super::vector_math::{self, MathPath};
 
 /// Vocabulary rows per block (576-wide rows: 2.4 MB of weight).
@@ -25,12 +28,34 @@ struct Partial {
     target: Option<f32>,
 }
 
-/// NLL of `targets[r]` under softmax(hidden[r] W^T) for hidden (rows, k) and W (vocab, k).
+/// NLL of `targets[r]` under softmax(hidden[r] W^T) for hidden (rows, k) and W (vocab, k), in
+/// the process's arithmetic ([`super::compute`]: f32, or bf16 operands on AMX where present).
 pub fn linear_nll(
     hidden: &[f32],
     weight: &[f32],
     k: usize,
     targets: &[u32],
+) -> Result<Vec<f64>, String> {
+    let bf16 = super::compute() == super::Compute::Bf16;
+    nll_with(hidden, weight, k, targets, bf16, bf16 && amx_usable())
+}
+
+fn amx_usable() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    return amx_available();
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    return false;
+}
+
+/// [`linear_nll`] with bf16 operands or not, and on AMX or not (`use_amx` needs `bf16` and a
+/// CPU with AMX).
+fn nll_with(
+    hidden: &[f32],
+    weight: &[f32],
+    k: usize,
+    targets: &[u32],
+    bf16: bool,
+    use_amx: bool,
 ) -> Result<Vec<f64>, String> {
     let rows = targets.len();
     let vocab = weight.len() / k.max(1);
@@ -47,26 +72,65 @@ pub fn linear_nll(
         ));
     }
     let path = MathPath::best();
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    let amx_rows = (bf16 && use_amx).then(|| amx::RoundedRows::new(hidden, rows, k, true));
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    let amx_rows: Option<()> = {
+        let _ = use_amx; // no AMX off x86-64 Linux
+        None
+    };
+    // bf16 without AMX: the same rounding on the f32 product.
+    let rounded_hidden: Vec<f32>;
+    let hidden = if bf16 && amx_rows.is_none() {
+        rounded_hidden = round_bf16(hidden);
+        &rounded_hidden[..]
+    } else {
+        hidden
+    };
     let blocks = vocab.div_ceil(VOCAB_BLOCK);
     let mut partials = vec![Partial::default(); blocks * rows];
     let tasks: Vec<(usize, &mut [Partial])> = partials.chunks_mut(rows).enumerate().collect();
     super::for_each_interleaved(tasks, rows * vocab, |(b, out)| {
         let v0 = b * VOCAB_BLOCK;
         let n = VOCAB_BLOCK.min(vocab - v0);
-        let w = MatRef::from_row_major_slice(&weight[v0 * k..(v0 + n) * k], n, k);
-        let mut tile = vec![0f32; ROW_TILE * n];
+        let w_block = &weight[v0 * k..(v0 + n) * k];
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        let packed = amx_rows
+            .as_ref()
+            .map(|_| amx::PackedWeight::new(w_block, n, k, false));
+        let rounded_block: Vec<f32>;
+        let w_block = if bf16 && amx_rows.is_none() {
+            rounded_block = round_bf16(w_block);
+            &rounded_block[..]
+        } else {
+            w_block
+        };
+        let w = MatRef::from_row_major_slice(w_block, n, k);
+        // Row stride of the logit tile: the AMX blocks write whole 32-column groups.
+        let stride = n.div_ceil(32) * 32;
+        let mut tile = vec![0f32; ROW_TILE * stride];
         for r0 in (0..rows).step_by(ROW_TILE) {
             let m = ROW_TILE.min(rows - r0);
-            let logits = &mut tile[..m * n];
-            matmul(
-                MatMut::from_row_major_slice_mut(logits, m, n),
-                Accum::Replace,
-                MatRef::from_row_major_slice(&hidden[r0 * k..(r0 + m) * k], m, k),
-                w.transpose(),
-                1.0f32,
-                Par::Seq,
-            );
-            for (i, row) in logits.chunks_exact(n).enumerate() {
+            let logits = &mut tile[..m * stride];
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+            if let (Some(x), Some(p)) = (amx_rows.as_ref(), packed.as_ref()) {
+                for (j, block_rows) in logits.chunks_mut(32 * stride).enumerate() {
+                    amx::multiply_block(x, r0 / 32 + j, p, block_rows);
+                }
+            }
+            if amx_rows.is_none() {
+                matmul(
+                    // faer 0.24's row-major constructor with a stride swaps the strides.
+                    MatMut::from_column_major_slice_with_stride_mut(logits, n, m, stride)
+                        .transpose_mut(),
+                    Accum::Replace,
+                    MatRef::from_row_major_slice(&hidden[r0 * k..(r0 + m) * k], m, k),
+                    w.transpose(),
+                    1.0f32,
+                    Par::Seq,
+                );
+            }
+            for (i, row) in logits.chunks_exact(stride).map(|r| &r[..n]).enumerate() {
                 let max = vector_math::max(path, row);
                 let t = targets[r0 + i] as usize;
                 out[r0 + i] = Partial {
@@ -93,6 +157,10 @@ pub fn linear_nll(
             sum.ln() + max as f64 - target as f64
         })
         .collect())
+}
+
+fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| from_bf16(to_bf16(x))).collect()
 }
 
 #[cfg(test)]
@@ -131,6 +199,35 @@ mod tests {
         let one = linear_nll(&hidden, &weight, k, &targets).unwrap();
         crate::kernels::set_kernel_threads(None);
         assert_eq!(one, got, "thread count changed the result");
+    }
+
+    #[test]
+    fn bf16_on_amx_equals_bf16_emulated_and_stays_near_f32() {
+        let (rows, k, vocab) = (70, 40, 1100);
+        let hidden: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 7919) % 113) as f32 / 40.0 - 1.4)
+            .collect();
+        let weight: Vec<f32> = (0..vocab * k)
+            .map(|i| ((i * 104_729) % 97) as f32 / 50.0 - 0.95)
+            .collect();
+        let targets: Vec<u32> = (0..rows).map(|r| ((r * 7717) % vocab) as u32).collect();
+        let f32_nll = nll_with(&hidden, &weight, k, &targets, false, false).unwrap();
+        let emulated = nll_with(&hidden, &weight, k, &targets, true, false).unwrap();
+        for (a, b) in emulated.iter().zip(&f32_nll) {
+            assert!(
+                (a - b).abs() < 0.05 * (1.0 + b.abs()),
+                "bf16 {a} vs f32 {b}"
+            );
+        }
+        if amx_usable() {
+            let amx = nll_with(&hidden, &weight, k, &targets, true, true).unwrap();
+            for (a, b) in amx.iter().zip(&emulated) {
+                assert!(
+                    (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                    "AMX {a} vs emulated {b}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -53,6 +53,7 @@ macro_rules! dispatch2 {
 }
 
 pub mod attention;
+pub mod bf16_gemm;
 pub mod channel_bias;
 pub mod conv2d;
 pub mod linear;
@@ -170,6 +171,50 @@ pub fn with_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -> cand
 
 /// Below this many output values a kernel runs on the calling thread (spawning costs more).
 const MIN_PARALLEL_ELEMENTS: usize = 16 * 1024;
+
+/// The arithmetic of inference matrix products (the Linear layers of `Mode::Eval`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compute {
+    /// f32 throughout (the default).
+    F32,
+    /// Operands of the Linear layers, the LM head and attention's two products rounded to
+    /// bfloat16, f32 sums: on AMX tiles where the CPU has them. Elsewhere the Linear layers and
+    /// the LM head round the same way on the f32 GEMM and attention stays f32. Norms, softmax
+    /// and the NLL stay f32 everywhere.
+    Bf16,
+}
+
+impl Compute {
+    /// Where the bf16 products run on this machine, for reports.
+    pub fn engine(self) -> &'static str {
+        match self {
+            Compute::F32 => "f32",
+            Compute::Bf16 if bf16_gemm::amx_available() => "bf16 on AMX tiles",
+            Compute::Bf16 => {
+                "bf16 Linear layers emulated on the f32 GEMM, attention in f32 (no AMX on this CPU)"
+            }
+        }
+    }
+}
+
+static COMPUTE_BF16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the arithmetic of inference matrix products for the whole process.
+pub fn set_compute(compute: Compute) {
+    COMPUTE_BF16.store(
+        compute == Compute::Bf16,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// The arithmetic set by [`set_compute`] (f32 unless changed).
+pub fn compute() -> Compute {
+    if COMPUTE_BF16.load(std::sync::atomic::Ordering::Relaxed) {
+        Compute::Bf16
+    } else {
+        Compute::F32
+    }
+}
 
 /// Threads the kernels use; 0 means one per core (or `GSTICK_THREADS` when set).
 static KERNEL_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

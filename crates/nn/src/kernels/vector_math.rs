@@ -221,6 +221,15 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// out <- x rounded to bfloat16 (nearest even; NaN stays NaN), as raw bits.
+    fn to_bf16(x: &[f32], out: &mut [u16]) {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = super::bf16_gemm::to_bf16(*v);
+        }
+    }
+}
+
 /// The 16 partial sums added pairwise in a fixed order.
 #[inline(always)]
 fn fold_lanes(acc: [f32; LANES]) -> f32 {
