@@ -225,7 +225,10 @@ fn language_model_commands() {
     let bf16 = json(&out);
     assert!(bf16["compute"].as_str().unwrap().contains("bf16"), "{bf16}");
     let change = bf16["ppl"].as_f64().unwrap() / ppl - 1.0;
-    assert!(change.abs() < 0.005 && change != 0.0, "bf16 changed perplexity by {change}");
+    assert!(
+        change.abs() < 0.005 && change != 0.0,
+        "bf16 changed perplexity by {change}"
+    );
 
     let (ok, out, err) = gstick(&[
         "generate",
