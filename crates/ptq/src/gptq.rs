@@ -3,7 +3,8 @@
 //! layer's inputs, H = 2/n · Σ x xᵀ. Names follow the paper: dampening (`damp_percent` of the mean
 //! diagonal, multiplied by 10 and retried while the Cholesky factorization fails), dead columns
 //! (zero diagonal), act-order (columns by decreasing Hessian diagonal), static groups, and lazy
-//! block updates (`block_size` columns at a time). Factorizations run in f64 with faer.
+//! block updates (`block_size` columns at a time; the later columns take each block's errors in
+//! one matrix product). Factorizations and products run in f64 with faer.
 
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
@@ -204,15 +205,22 @@ pub fn gptq(
                 }
             }
         }
-        // Lazy update of the columns after the block.
-        for r in 0..rows {
-            for j in i2..cols {
-                let mut s = 0.0;
-                for k in i1..i2 {
-                    s += err_block[r * block + (k - i1)] * u[(k, j)];
-                }
-                work[r * cols + j] -= s;
-            }
+        // Lazy update of the columns after the block, one matrix product:
+        // work[:, i2..] -= E U[i1..i2, i2..].
+        if i2 < cols {
+            let width = i2 - i1;
+            let e = MatRef::from_row_major_slice(&err_block, rows, block).subcols(0, width);
+            let update = u.as_ref().submatrix(i1, i2, width, cols - i2);
+            // Row-major with a row stride, as the transpose of a column-major view (faer 0.24's
+            // strided row-major constructor swaps the strides).
+            let rest = MatMut::from_column_major_slice_with_stride_mut(
+                &mut work[i2..],
+                cols - i2,
+                rows,
+                cols,
+            )
+            .transpose_mut();
+            matmul(rest, Accum::Add, e, update, -1.0f64, solve_par());
         }
     }
     let q = QuantizedWeight {
@@ -230,6 +238,14 @@ pub fn gptq(
             loss,
         },
     ))
+}
+
+/// Threads of the solve's matrix products (faer gives the same bits for any count).
+fn solve_par() -> Par {
+    match gstick_nn::kernels::kernel_threads() {
+        1 => Par::Seq,
+        t => Par::rayon(t),
+    }
 }
 
 /// The upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U) after dampening H by `damp` of its mean

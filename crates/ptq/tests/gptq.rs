@@ -256,3 +256,35 @@ fn act_order_static_groups_dead_columns_and_errors() {
     let err = gptq(&nan, ROWS, COLS, &h, per_channel, &GptqConfig::default()).unwrap_err();
     assert_eq!(err.to_string(), "non-finite weight value in row 1");
 }
+
+/// The solve's matrix products run on the kernel threads; the integers and scales do not depend
+/// on how many there are.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let (rows, cols, samples) = (96, 384, 512);
+    let x: Vec<f32> = noise(samples * cols, 7)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    let w: Vec<f32> = noise(rows * cols, 8)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    let mut h = Hessian::new(cols);
+    h.add(&x, samples);
+    let scheme = WeightScheme {
+        bits: 4,
+        granularity: Granularity::PerGroup(64),
+        symmetric: true,
+        narrow: false,
+    };
+    let run = |threads| {
+        gstick_nn::kernels::set_kernel_threads(Some(threads));
+        let (q, report) = gptq(&w, rows, cols, &h, scheme, &GptqConfig::default()).unwrap();
+        (q.values, format!("{:?}", q.params), report.loss.to_bits())
+    };
+    let one = run(1);
+    let two = run(2);
+    gstick_nn::kernels::set_kernel_threads(None);
+    assert!(one == two, "GPTQ changed with the thread count");
+}
