@@ -219,6 +219,12 @@ pub fn is_finite(t: &Tensor) -> Result<bool> {
     if !t.dtype().is_float() {
         return Ok(true);
     }
+    if t.dtype() == candle_core::DType::F32 {
+        let path = crate::kernels::vector_math::MathPath::best();
+        return Ok(crate::kernels::with_f32(t, |v| {
+            crate::kernels::vector_math::all_finite(path, v)
+        })?);
+    }
     let values = t
         .detach()
         .to_dtype(candle_core::DType::F32)?

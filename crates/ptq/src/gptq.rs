@@ -57,9 +57,8 @@ impl Hessian {
         // Keep H an average as rows arrive: H <- H · old/new + 2/new · Xᵀ X.
         let keep = self.samples as f64 / n as f64;
         let add = 2.0 / n as f64;
-        for (h, &v) in self.h.iter_mut().zip(&xtx) {
-            *h = *h * keep + add * v as f64;
-        }
+        let path = gstick_nn::kernels::vector_math::MathPath::best();
+        gstick_nn::kernels::vector_math::scale_accumulate(path, &mut self.h, &xtx, keep, add);
         self.samples = n;
     }
 }

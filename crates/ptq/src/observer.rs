@@ -140,10 +140,9 @@ impl InputStats {
     fn record(&mut self, x: &[f32], rows: usize, window: usize, spec: ObserveSpec) {
         let start = std::time::Instant::now();
         let c = self.cols;
+        let path = gstick_nn::kernels::vector_math::MathPath::best();
         for row in x.chunks_exact(c) {
-            for (s, &v) in self.abs_sum.iter_mut().zip(row) {
-                *s += v.abs() as f64;
-            }
+            gstick_nn::kernels::vector_math::add_abs(path, &mut self.abs_sum, row);
         }
         let window = window.clamp(1, rows.max(1));
         if let Some(h) = &mut self.hessian {
@@ -183,8 +182,7 @@ impl Cell for InputObserver {
             .dims()
             .last()
             .ok_or_else(|| gstick_nn::Error::Config("observer input is a scalar".into()))?;
-        let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let rows = values.len() / cols.max(1);
+        let rows = x.elem_count() / cols.max(1);
         // (batch, tokens, features): each batch entry is a window; a matrix is one window.
         let window = match x.dims() {
             [.., t, _] if x.rank() >= 3 => *t,
@@ -201,7 +199,9 @@ impl Cell for InputObserver {
                 stats.cols
             )));
         }
-        stats.record(&values, rows, window, self.spec);
+        // The input's own storage, read in place (no copy of the activations).
+        let x32 = x.to_dtype(candle_core::DType::F32)?;
+        gstick_nn::kernels::with_f32(&x32, |values| stats.record(values, rows, window, self.spec))?;
         Ok(x.clone())
     }
 }

@@ -230,6 +230,32 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// Whether no value is NaN or infinite (checked in blocks without early exit, so it
+    /// vectorizes; a block with a bad value ends the scan).
+    fn all_finite(x: &[f32]) -> bool {
+        x.chunks(256).all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
+    }
+}
+
+multiversion! {
+    /// h <- h * keep + add * v, the running average of a Hessian (f64) fed f32 products.
+    fn scale_accumulate(h: &mut [f64], v: &[f32], keep: f64, add: f64) {
+        for (h, &v) in h.iter_mut().zip(v) {
+            *h = *h * keep + add * v as f64;
+        }
+    }
+}
+
+multiversion! {
+    /// sums <- sums + |x|, element-wise (f64 sums of f32 values).
+    fn add_abs(sums: &mut [f64], x: &[f32]) {
+        for (s, &v) in sums.iter_mut().zip(x) {
+            *s += v.abs() as f64;
+        }
+    }
+}
+
 /// The 16 partial sums added pairwise in a fixed order.
 #[inline(always)]
 fn fold_lanes(acc: [f32; LANES]) -> f32 {
@@ -294,10 +320,16 @@ mod tests {
             silu_mul(p, &xs, &w, &mut g);
             let mut sc = xs.clone();
             scale(p, &mut sc, 0.125);
+            let mut acc: Vec<f64> = xs.iter().map(|&v| v as f64 * 0.5).collect();
+            scale_accumulate(p, &mut acc, &xs, 0.75, 1.0 / 3.0);
+            let finite = [all_finite(p, &xs), all_finite(p, &[1.0, f32::INFINITY])];
+            add_abs(p, &mut acc, &xs);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             (
                 [s1.to_bits(), s2.to_bits(), m.to_bits(), sq.to_bits()],
                 [bits(&e), bits(&r), bits(&s), bits(&g), bits(&sc)],
+                acc.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                finite,
             )
         };
         let reference = run(MathPath::Portable);
@@ -313,6 +345,12 @@ mod tests {
             .collect();
         let p = MathPath::best();
         assert_eq!(max(p, &xs), 0.5);
+        assert!(all_finite(p, &xs));
+        let mut bad = xs.clone();
+        bad[700] = f32::NAN;
+        assert!(!all_finite(p, &bad));
+        bad[700] = f32::NEG_INFINITY;
+        assert!(!all_finite(p, &bad));
         assert_eq!(max(p, &[]), f32::NEG_INFINITY);
         assert!(max(p, &[1.0, f32::NAN, 2.0]).is_nan());
         let sq: f64 = xs.iter().map(|v| (*v as f64).powi(2)).sum();

@@ -196,8 +196,8 @@ fn relative_linear_error(stats: &InputStats, w: &Tensor, q: &Tensor) -> Result<f
         (rows, stats.cols),
         &Device::Cpu,
     )?;
-    let y = x.matmul(&w.t()?)?;
-    let yq = x.matmul(&q.t()?)?;
+    let y = gstick_nn::kernels::linear::linear_no_grad(&x, w)?;
+    let yq = gstick_nn::kernels::linear::linear_no_grad(&x, q)?;
     let num = (&y - &yq)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     let den = y.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     Ok(if den > 0.0 { num / den } else { 0.0 })
