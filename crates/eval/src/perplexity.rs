@@ -70,13 +70,17 @@ const HEAD_CHUNK: usize = 64;
 
 /// Sum of the next-token NLL over one window of token ids (in f64), and the number of predictions.
 pub fn window_nll(exec: &mut Executor, lm: &SplitLm, ids: &[u32]) -> Result<(f64, usize)> {
+    let hidden = window_hidden(exec, lm, ids)?;
+    head_nll(lm.head.as_deref(), &hidden, ids)
+}
+
+/// The final hidden states (T, hidden) of one window, the body's output.
+fn window_hidden(exec: &mut Executor, lm: &SplitLm, ids: &[u32]) -> Result<Tensor> {
     if ids.len() < 2 {
         return Err(Error::Config("a window needs at least 2 tokens".into()));
     }
-    let t = ids.len();
-    let input = Tensor::from_vec(ids.to_vec(), (1, t), &Device::Cpu)?;
-    let hidden = exec.forward1(&lm.body, &input)?.squeeze(0)?;
-    head_nll(lm.head.as_deref(), &hidden, ids)
+    let input = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu)?;
+    Ok(exec.forward1(&lm.body, &input)?.squeeze(0)?)
 }
 
 /// Sum of the next-token NLL of `ids` from the final hidden states (T, hidden), the head applied
@@ -157,8 +161,7 @@ fn perplexity_run(
     let mut sums = Vec::with_capacity(windows);
     for w in 0..windows {
         let window = &ids[w * seqlen..(w + 1) * seqlen];
-        let input = Tensor::from_vec(window.to_vec(), (1, seqlen), &Device::Cpu)?;
-        let hidden = exec.forward1(&lm.body, &input)?.squeeze(0)?;
+        let hidden = window_hidden(&mut exec, &lm, window)?;
         let head_started = Instant::now();
         sums.push(head_nll(lm.head.as_deref(), &hidden, window)?);
         if let Some(p) = exec.profile.as_mut() {

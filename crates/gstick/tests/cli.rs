@@ -180,21 +180,27 @@ fn asset(rel: &str) -> String {
 fn language_model_commands() {
     let model = asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let text = asset("wiki/eval.txt");
-    let (ok, out, err) = gstick(&[
-        "eval",
-        "ppl",
-        "--model",
-        &model,
-        "--text",
-        &text,
-        "--seqlen",
-        "256",
-        "--windows",
-        "2",
-        "--json",
-    ]);
-    assert!(ok, "{err}");
-    let v = json(&out);
+    // Perplexity of 2 windows of 256 tokens, with any further arguments.
+    let ppl_with = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "ppl",
+            "--model",
+            &model,
+            "--text",
+            &text,
+            "--seqlen",
+            "256",
+            "--windows",
+            "2",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = gstick(&args);
+        assert!(ok, "{err}");
+        json(&out)
+    };
+    let v = ppl_with(&[]);
     assert_eq!(
         (v["tokens"].as_u64(), v["windows"].as_u64()),
         (Some(512), Some(2))
@@ -206,23 +212,7 @@ fn language_model_commands() {
 
     // bf16 arithmetic (AMX tiles where present, emulated elsewhere) changes perplexity by a
     // fraction of a percent, and the report says where it ran.
-    let (ok, out, err) = gstick(&[
-        "eval",
-        "ppl",
-        "--model",
-        &model,
-        "--text",
-        &text,
-        "--seqlen",
-        "256",
-        "--windows",
-        "2",
-        "--json",
-        "--compute",
-        "bf16",
-    ]);
-    assert!(ok, "{err}");
-    let bf16 = json(&out);
+    let bf16 = ppl_with(&["--compute", "bf16"]);
     assert!(bf16["compute"].as_str().unwrap().contains("bf16"), "{bf16}");
     let change = bf16["ppl"].as_f64().unwrap() / ppl - 1.0;
     assert!(

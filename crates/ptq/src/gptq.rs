@@ -8,7 +8,7 @@
 
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
-use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
+use faer::{Accum, Mat, MatMut, MatRef, Side};
 use gstick_quant::scheme::{dequantize, int_range, qparams, quantize};
 use gstick_quant::{Granularity, QParams, QuantizedWeight, WeightScheme};
 
@@ -41,10 +41,6 @@ impl Hessian {
             return;
         }
         let mut xtx = vec![0f32; c * c];
-        let par = match gstick_nn::kernels::kernel_threads() {
-            1 => Par::Seq,
-            t => Par::rayon(t),
-        };
         let xm = MatRef::from_row_major_slice(&x[..rows * c], rows, c);
         matmul(
             MatMut::from_row_major_slice_mut(&mut xtx, c, c),
@@ -52,7 +48,7 @@ impl Hessian {
             xm.transpose(),
             xm,
             1.0f32,
-            par,
+            gstick_nn::kernels::faer_par(),
         );
         // Keep H an average as rows arrive: H <- H · old/new + 2/new · Xᵀ X.
         let keep = self.samples as f64 / n as f64;
@@ -219,7 +215,14 @@ pub fn gptq(
                 cols,
             )
             .transpose_mut();
-            matmul(rest, Accum::Add, e, update, -1.0f64, solve_par());
+            matmul(
+                rest,
+                Accum::Add,
+                e,
+                update,
+                -1.0f64,
+                gstick_nn::kernels::faer_par(),
+            );
         }
     }
     let q = QuantizedWeight {
@@ -237,14 +240,6 @@ pub fn gptq(
             loss,
         },
     ))
-}
-
-/// Threads of the solve's matrix products (faer gives the same bits for any count).
-fn solve_par() -> Par {
-    match gstick_nn::kernels::kernel_threads() {
-        1 => Par::Seq,
-        t => Par::rayon(t),
-    }
 }
 
 /// The upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U) after dampening H by `damp` of its mean

@@ -85,25 +85,19 @@ impl Rope {
         dtype: DType,
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
-        let freqs = self.inv_freq(head_dim);
-        let mut cos = Vec::with_capacity(t * head_dim);
-        let mut sin = Vec::with_capacity(t * head_dim);
-        for pos in start..start + t {
-            for _ in 0..2 {
-                for f in &freqs {
-                    let angle = pos as f64 * f;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
-                }
-            }
-        }
+        let half = self.half_tables(head_dim, start, t);
+        let both_halves = |v: &[f32]| -> Vec<f32> {
+            v.chunks(head_dim / 2)
+                .flat_map(|row| row.iter().chain(row).copied())
+                .collect()
+        };
         let make = |v| Tensor::from_vec(v, (t, head_dim), device)?.to_dtype(dtype);
-        Ok((make(cos)?, make(sin)?))
+        Ok((make(both_halves(&half.cos))?, make(both_halves(&half.sin))?))
     }
 
     /// cos and sin of every (position, frequency) for positions start..start+t, as f32 rows of
-    /// head_dim / 2 (the fused attention's form of [`Rope::tables`], same values). The last table
-    /// is kept per thread: every layer of a forward pass asks for the same one.
+    /// head_dim / 2 (what the fused attention reads; [`Rope::tables`] widens them). The last
+    /// tables are kept per thread: every layer of a forward pass asks for the same ones.
     pub fn half_tables(&self, head_dim: usize, start: usize, t: usize) -> Arc<RopeTables> {
         thread_local! {
             static LAST: RefCell<Option<CachedTables>> = const { RefCell::new(None) };

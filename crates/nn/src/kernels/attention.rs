@@ -113,14 +113,7 @@ fn attend_block(
     scratch.queries.resize(stacked * d, 0.0);
     scratch.out.resize(stacked * d, 0.0);
     for kv in 0..dims.kv_heads {
-        // Stacked row j * rows + i is query row r0 + i of head kv * group + j.
-        for j in 0..group {
-            let h = kv * group + j;
-            for i in 0..rows {
-                let src = (r0 + i) * qw + h * d;
-                scratch.queries[(j * rows + i) * d..][..d].copy_from_slice(&q[src..src + d]);
-            }
-        }
+        stack_queries(dims, q, r0, rows, kv, &mut scratch.queries);
         let kb = MatRef::from_row_major_slice_with_stride(&k[kv * d..], keys, d, kw);
         let vb = MatRef::from_row_major_slice_with_stride(&v[kv * d..], keys, d, kw);
         matmul(
@@ -131,19 +124,15 @@ fn attend_block(
             1.0f32,
             Par::Seq,
         );
-        for (row_index, row) in scratch.scores.chunks_exact_mut(keys).enumerate() {
-            let i = row_index % rows;
-            let visible = if dims.causal {
-                offset + r0 + i + 1
-            } else {
-                keys
-            };
-            let (seen, hidden) = row.split_at_mut(visible);
-            let m = vector_math::max(path, seen);
-            let sum = vector_math::exp_shifted_sum(path, seen, m);
-            vector_math::scale(path, seen, 1.0 / sum);
-            hidden.fill(0.0);
-        }
+        softmax_rows(
+            path,
+            dims,
+            &mut scratch.scores,
+            keys,
+            rows,
+            offset + r0,
+            keys,
+        );
         matmul(
             MatMut::from_row_major_slice_mut(&mut scratch.out, stacked, d),
             Accum::Replace,
@@ -152,11 +141,73 @@ fn attend_block(
             1.0f32,
             Par::Seq,
         );
-        for j in 0..group {
-            let h = kv * group + j;
-            for i in 0..rows {
-                out[i * qw + h * d..][..d].copy_from_slice(&scratch.out[(j * rows + i) * d..][..d]);
-            }
+        unstack_outputs(dims, &scratch.out, d, rows, kv, out);
+    }
+}
+
+/// Copies query rows r0..r0+rows of the heads sharing key/value head `kv` into `stacked`: row
+/// j * rows + i is query row r0 + i of head kv * group + j.
+fn stack_queries(
+    dims: AttentionDims,
+    q: &[f32],
+    r0: usize,
+    rows: usize,
+    kv: usize,
+    stacked: &mut [f32],
+) {
+    let (qw, d) = (dims.q_width(), dims.head_dim);
+    let group = dims.heads / dims.kv_heads;
+    for j in 0..group {
+        let h = kv * group + j;
+        for i in 0..rows {
+            let src = (r0 + i) * qw + h * d;
+            stacked[(j * rows + i) * d..][..d].copy_from_slice(&q[src..src + d]);
+        }
+    }
+}
+
+/// Softmax in place over each stacked row of scores (`width` values per row, the first `keys`
+/// scored): a causal row of query position p sees keys 0..=p, where stacked row r holds the
+/// query at position `first_position + r % rows`. What a row may not see becomes 0.
+fn softmax_rows(
+    path: MathPath,
+    dims: AttentionDims,
+    scores: &mut [f32],
+    width: usize,
+    rows: usize,
+    first_position: usize,
+    keys: usize,
+) {
+    for (r, row) in scores.chunks_exact_mut(width).enumerate() {
+        let visible = if dims.causal {
+            first_position + r % rows + 1
+        } else {
+            keys
+        };
+        let (seen, hidden) = row.split_at_mut(visible);
+        let m = vector_math::max(path, seen);
+        let sum = vector_math::exp_shifted_sum(path, seen, m);
+        vector_math::scale(path, seen, 1.0 / sum);
+        hidden.fill(0.0);
+    }
+}
+
+/// Writes stacked output rows (`stride` values apart, the inverse of [`stack_queries`]) into
+/// their heads' columns of `out`.
+fn unstack_outputs(
+    dims: AttentionDims,
+    stacked: &[f32],
+    stride: usize,
+    rows: usize,
+    kv: usize,
+    out: &mut [f32],
+) {
+    let (qw, d) = (dims.q_width(), dims.head_dim);
+    let group = dims.heads / dims.kv_heads;
+    for j in 0..group {
+        let h = kv * group + j;
+        for i in 0..rows {
+            out[i * qw + h * d..][..d].copy_from_slice(&stacked[(j * rows + i) * stride..][..d]);
         }
     }
 }
@@ -236,54 +287,29 @@ mod amx_attention {
         } else {
             total
         };
-        let columns = keys.div_ceil(32) * 32;
-        let group = dims.heads / dims.kv_heads;
-        let stacked = group * rows;
+        // The tile products write whole groups of 32 columns.
+        let (columns, d_pad) = (keys.div_ceil(32) * 32, d.div_ceil(32) * 32);
+        let stacked = dims.heads / dims.kv_heads * rows;
         let mut queries = vec![0f32; stacked * d];
         let mut scores = vec![0f32; stacked * columns];
-        let mut result = vec![0f32; stacked * d.div_ceil(32) * 32];
-        let d_pad = d.div_ceil(32) * 32;
+        let mut result = vec![0f32; stacked * d_pad];
         for (kv, (packed_k, packed_vt)) in packed.iter().enumerate() {
-            for j in 0..group {
-                let h = kv * group + j;
-                for i in 0..rows {
-                    let src = (r0 + i) * qw + h * d;
-                    queries[(j * rows + i) * d..][..d].copy_from_slice(&q[src..src + d]);
-                }
-            }
+            stack_queries(dims, q, r0, rows, kv, &mut queries);
             let qr = RoundedRows::new(&queries, stacked, d, false);
             for (blk, part) in scores.chunks_mut(32 * columns).enumerate() {
                 multiply_block_part(&qr, blk, packed_k, columns, part);
             }
-            for (row_index, row) in scores.chunks_exact_mut(columns).enumerate() {
-                let i = row_index % rows;
-                let visible = if dims.causal {
-                    offset + r0 + i + 1
-                } else {
-                    keys
-                };
-                let (seen, hidden) = row.split_at_mut(visible);
-                let m = vector_math::max(path, seen);
-                let sum = vector_math::exp_shifted_sum(path, seen, m);
-                vector_math::scale(path, seen, 1.0 / sum);
-                hidden.fill(0.0);
-            }
+            softmax_rows(path, dims, &mut scores, columns, rows, offset + r0, keys);
             let probs = RoundedRows::new(&scores, stacked, columns, false);
             for (blk, part) in result.chunks_mut(32 * d_pad).enumerate() {
                 multiply_block_part(&probs, blk, packed_vt, d_pad, part);
             }
-            for j in 0..group {
-                let h = kv * group + j;
-                for i in 0..rows {
-                    out[i * qw + h * d..][..d]
-                        .copy_from_slice(&result[(j * rows + i) * d_pad..][..d]);
-                }
-            }
+            unstack_outputs(dims, &result, d_pad, rows, kv, out);
         }
     }
 }
 
-/// Per-thread buffers of [`attend_block`].
+/// Buffers of one [`attend_block`] call, resized for its block.
 #[derive(Default)]
 struct Scratch {
     queries: Vec<f32>,
@@ -294,6 +320,7 @@ struct Scratch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_values as values;
 
     /// Attention written out directly in f64, the reference.
     fn naive(dims: AttentionDims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
@@ -325,18 +352,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let x = (i as u32)
-                    .wrapping_mul(2_654_435_761)
-                    .wrapping_add(seed * 97)
-                    >> 8;
-                (x % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
     }
 
     fn check(dims: AttentionDims, t: usize, keys: usize) {

@@ -59,23 +59,12 @@ pub fn bf16_linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [
 /// The bf16 product without AMX: operands rounded, then the f32 GEMM (the reference the AMX
 /// path is tested against).
 pub fn emulated_linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32]) {
-    use faer::linalg::matmul::matmul;
-    use faer::{Accum, MatMut, MatRef, Par};
-    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&a| from_bf16(to_bf16(a))).collect() };
-    let (xr, wr) = (round(x), round(w));
-    let par = if super::cores() > 1 {
-        Par::rayon(super::cores())
-    } else {
-        Par::Seq
-    };
-    matmul(
-        MatMut::from_row_major_slice_mut(y, m, n),
-        Accum::Replace,
-        MatRef::from_row_major_slice(&xr, m, k),
-        MatRef::from_row_major_slice(&wr, n, k).transpose(),
-        1.0f32,
-        par,
-    );
+    super::linear::f32_linear(&round_bf16(x), &round_bf16(w), m, n, k, y);
+}
+
+/// Values rounded to bf16 and widened back to f32 (the operands of the emulated products).
+pub fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&a| from_bf16(to_bf16(a))).collect()
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -368,18 +357,7 @@ pub(crate) mod amx {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let x = (i as u32)
-                    .wrapping_mul(2_654_435_761)
-                    .wrapping_add(seed * 97)
-                    >> 8;
-                (x % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::kernels::test_values as values;
 
     #[test]
     fn rounding_is_to_nearest_even() {

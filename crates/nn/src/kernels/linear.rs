@@ -6,9 +6,9 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, MatRef};
 
-use super::{contiguous, cores};
+use super::{contiguous, faer_par};
 
 /// Rows below which candle's matmul is used (decode steps, tiny batches).
 pub const MIN_ROWS: usize = 16;
@@ -46,23 +46,23 @@ impl CustomOp2 for LinearForward {
         let mut out = vec![0f32; m * n];
         if super::compute() == super::Compute::Bf16 {
             super::bf16_gemm::bf16_linear(x, w, m, n, k, &mut out);
-            return Ok((CpuStorage::F32(out), Shape::from((m, n))));
-        }
-        let par = if cores() > 1 {
-            Par::rayon(cores())
         } else {
-            Par::Seq
-        };
-        matmul(
-            MatMut::from_row_major_slice_mut(&mut out, m, n),
-            Accum::Replace,
-            MatRef::from_row_major_slice(x, m, k),
-            MatRef::from_row_major_slice(w, n, k).transpose(),
-            1.0f32,
-            par,
-        );
+            f32_linear(x, w, m, n, k, &mut out);
+        }
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
+}
+
+/// y (m, n) = x (m, k) W^T for W (n, k), row-major slices, on faer over the kernel threads.
+pub fn f32_linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32]) {
+    matmul(
+        MatMut::from_row_major_slice_mut(y, m, n),
+        Accum::Replace,
+        MatRef::from_row_major_slice(x, m, k),
+        MatRef::from_row_major_slice(w, n, k).transpose(),
+        1.0f32,
+        faer_par(),
+    );
 }
 
 /// x (M, K) times w (N, K) transposed, for inference (no gradient).

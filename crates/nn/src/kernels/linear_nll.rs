@@ -10,8 +10,8 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-use super::bf16_gemm::{amx, amx_available};
-use super::bf16_gemm::{from_bf16, to_bf16};
+use super::bf16_gemm::amx;
+use super::bf16_gemm::{amx_available, round_bf16};
 use super::vector_math::{self, MathPath};
 
 /// Vocabulary rows per block (576-wide rows: 2.4 MB of weight).
@@ -37,14 +37,7 @@ pub fn linear_nll(
     targets: &[u32],
 ) -> Result<Vec<f64>, String> {
     let bf16 = super::compute() == super::Compute::Bf16;
-    nll_with(hidden, weight, k, targets, bf16, bf16 && amx_usable())
-}
-
-fn amx_usable() -> bool {
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    return amx_available();
-    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-    return false;
+    nll_with(hidden, weight, k, targets, bf16, bf16 && amx_available())
 }
 
 /// [`linear_nll`] with bf16 operands or not, and on AMX or not (`use_amx` needs `bf16` and a
@@ -159,24 +152,26 @@ fn nll_with(
         .collect())
 }
 
-fn round_bf16(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| from_bf16(to_bf16(x))).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Hidden states, head weights and targets for `rows` positions of width `k`.
+    fn fixture(rows: usize, k: usize, vocab: usize) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+        let hidden = (0..rows * k)
+            .map(|i| ((i * 7919) % 113) as f32 / 40.0 - 1.4)
+            .collect();
+        let weight = (0..vocab * k)
+            .map(|i| ((i * 104_729) % 97) as f32 / 50.0 - 0.95)
+            .collect();
+        let targets = (0..rows).map(|r| ((r * 7717) % vocab) as u32).collect();
+        (hidden, weight, targets)
+    }
+
     #[test]
     fn equals_log_softmax_of_the_full_logits() {
         let (rows, k, vocab) = (300, 24, 2500); // several row tiles and vocabulary blocks
-        let hidden: Vec<f32> = (0..rows * k)
-            .map(|i| ((i * 7919) % 113) as f32 / 40.0 - 1.4)
-            .collect();
-        let weight: Vec<f32> = (0..vocab * k)
-            .map(|i| ((i * 104_729) % 97) as f32 / 50.0 - 0.95)
-            .collect();
-        let targets: Vec<u32> = (0..rows).map(|r| ((r * 7717) % vocab) as u32).collect();
+        let (hidden, weight, targets) = fixture(rows, k, vocab);
         let got = linear_nll(&hidden, &weight, k, &targets).unwrap();
         for r in 0..rows {
             let logits: Vec<f64> = (0..vocab)
@@ -204,13 +199,7 @@ mod tests {
     #[test]
     fn bf16_on_amx_equals_bf16_emulated_and_stays_near_f32() {
         let (rows, k, vocab) = (70, 40, 1100);
-        let hidden: Vec<f32> = (0..rows * k)
-            .map(|i| ((i * 7919) % 113) as f32 / 40.0 - 1.4)
-            .collect();
-        let weight: Vec<f32> = (0..vocab * k)
-            .map(|i| ((i * 104_729) % 97) as f32 / 50.0 - 0.95)
-            .collect();
-        let targets: Vec<u32> = (0..rows).map(|r| ((r * 7717) % vocab) as u32).collect();
+        let (hidden, weight, targets) = fixture(rows, k, vocab);
         let f32_nll = nll_with(&hidden, &weight, k, &targets, false, false).unwrap();
         let emulated = nll_with(&hidden, &weight, k, &targets, true, false).unwrap();
         for (a, b) in emulated.iter().zip(&f32_nll) {
@@ -219,7 +208,7 @@ mod tests {
                 "bf16 {a} vs f32 {b}"
             );
         }
-        if amx_usable() {
+        if amx_available() {
             let amx = nll_with(&hidden, &weight, k, &targets, true, true).unwrap();
             for (a, b) in amx.iter().zip(&emulated) {
                 assert!(

@@ -169,6 +169,20 @@ pub fn with_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -> cand
     }
 }
 
+/// Deterministic test values in [-1, 1) from a multiplicative hash of the index.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let x = (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(seed * 97)
+                >> 8;
+            (x % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
 /// Below this many output values a kernel runs on the calling thread (spawning costs more).
 const MIN_PARALLEL_ELEMENTS: usize = 16 * 1024;
 
@@ -180,7 +194,8 @@ pub enum Compute {
     /// Operands of the Linear layers, the LM head and attention's two products rounded to
     /// bfloat16, f32 sums: on AMX tiles where the CPU has them. Elsewhere the Linear layers and
     /// the LM head round the same way on the f32 GEMM and attention stays f32. Norms, softmax
-    /// and the NLL stay f32 everywhere.
+    /// and the NLL stay f32 everywhere, as do Linear products of fewer than
+    /// [`linear::MIN_ROWS`] rows (decode steps).
     Bf16,
 }
 
@@ -222,6 +237,14 @@ static KERNEL_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomi
 /// Sets how many threads the kernels use (`None`: one per core). Results do not depend on it.
 pub fn set_kernel_threads(threads: Option<usize>) {
     KERNEL_THREADS.store(threads.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// faer's parallelism over the kernel threads (faer gives the same bits for any count).
+pub fn faer_par() -> faer::Par {
+    match cores() {
+        1 => faer::Par::Seq,
+        t => faer::Par::rayon(t),
+    }
 }
 
 /// Threads the kernels run on now (see [`set_kernel_threads`]).
