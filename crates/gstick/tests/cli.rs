@@ -538,6 +538,21 @@ fn a_yaml_recipe_quantizes_to_gs_and_the_directory_runs_on_the_integer_kernels()
         quant > float && quant < float * 1.5,
         "float {float}, int4/int8 {quant}"
     );
+    // bf16 arithmetic is for float Linears: asked of the integer kernels, it is refused.
+    let (ok, _, err) = gstick(&[
+        "eval",
+        "ppl",
+        "--model",
+        out.to_str().unwrap(),
+        "--text",
+        &text,
+        "--compute",
+        "bf16",
+    ]);
+    assert!(
+        !ok && err.contains("--compute bf16 applies to float models"),
+        "{err}"
+    );
     let (ok, generated, err) = gstick(&[
         "generate",
         "--model",

@@ -68,7 +68,17 @@ pub struct PplBenchArgs {
 }
 
 fn ppl(args: PplBenchArgs) -> Result<()> {
-    let (net, _, tokenizer) = crate::cli::llm_cmd::load_lm(&args.model)?;
+    use crate::cli::llm_cmd::ComputeArg;
+    // A model that any of the runs cannot compute as asked is refused before anything runs.
+    let bf16 = args.compute.contains(&ComputeArg::Bf16);
+    let (net, _, tokenizer) = crate::cli::llm_cmd::load_lm_computing(
+        &args.model,
+        if bf16 {
+            ComputeArg::Bf16
+        } else {
+            ComputeArg::F32
+        },
+    )?;
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading {}", args.text.display()))?;
     let ids = tokenizer.encode(&text)?;

@@ -42,6 +42,14 @@ pub enum ComputeArg {
 }
 
 impl ComputeArg {
+    /// The flag's value as the user writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ComputeArg::F32 => "f32",
+            ComputeArg::Bf16 => "bf16",
+        }
+    }
+
     /// Makes this the process's arithmetic and says where it runs.
     pub fn apply(self) -> &'static str {
         let compute = match self {
@@ -73,8 +81,25 @@ pub struct GenerateArgs {
 
 /// Loads a causal LM and its tokenizer (see `gstick::load`), saying what runs on the kernels.
 pub fn load_lm(path: &Path) -> Result<(Network, LlamaConfig, TextTokenizer)> {
+    load_lm_computing(path, ComputeArg::F32)
+}
+
+/// [`load_lm`] for a run in `compute` arithmetic: bf16 applies to float Linear layers, so a
+/// model whose Linears run on the integer kernels is refused rather than run in f32 unasked.
+pub fn load_lm_computing(
+    path: &Path,
+    compute: ComputeArg,
+) -> Result<(Network, LlamaConfig, TextTokenizer)> {
     let lm = gstick::load(path).with_context(|| format!("loading {}", path.display()))?;
     if let Some(d) = &lm.deploy {
+        if compute != ComputeArg::F32 {
+            bail!(
+                "--compute {} applies to float models; {} runs {} Linear layers on the integer kernels (use --compute f32)",
+                compute.name(),
+                path.display(),
+                d.layers
+            );
+        }
         eprintln!("{}", deploy_line(d));
     }
     Ok((lm.net, lm.config, lm.tokenizer))
@@ -114,7 +139,7 @@ pub fn ppl(args: PplArgs) -> Result<()> {
     if args.compute != ComputeArg::F32 {
         eprintln!("compute: {engine}");
     }
-    let (net, _, tokenizer) = load_lm(&args.model)?;
+    let (net, _, tokenizer) = load_lm_computing(&args.model, args.compute)?;
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading {}", args.text.display()))?;
     let ids = tokenizer.encode(&text)?;

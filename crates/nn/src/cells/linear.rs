@@ -55,9 +55,11 @@ impl Cell for Linear {
         let last = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / last.max(1);
         let x2 = x.reshape((rows, last))?;
-        // Inference on many rows takes the faster kernel; training keeps candle's autodiff.
+        // Inference on many rows takes the faster kernel, and so does every inference product
+        // in bf16 arithmetic (asked for, so not left in f32 on decode-sized inputs); training
+        // keeps candle's autodiff.
         let fast = ctx.mode == Mode::Eval
-            && rows >= MIN_ROWS
+            && (rows >= MIN_ROWS || crate::kernels::compute() == crate::kernels::Compute::Bf16)
             && x.dtype() == DType::F32
             && w.dtype() == DType::F32;
         let y = if fast {

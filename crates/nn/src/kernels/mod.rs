@@ -194,8 +194,7 @@ pub enum Compute {
     /// Operands of the Linear layers, the LM head and attention's two products rounded to
     /// bfloat16, f32 sums: on AMX tiles where the CPU has them. Elsewhere the Linear layers and
     /// the LM head round the same way on the f32 GEMM and attention stays f32. Norms, softmax
-    /// and the NLL stay f32 everywhere, as do Linear products of fewer than
-    /// [`linear::MIN_ROWS`] rows (decode steps).
+    /// and the NLL stay f32 everywhere.
     Bf16,
 }
 
