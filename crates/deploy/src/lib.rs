@@ -3,6 +3,8 @@
 //! [`QuantizedModel`](gstick_quant::QuantizedModel) or as a checkpoint in one of the formats
 //! `gstick-export` writes (Golden Stick, Hugging Face GPTQ, GGUF).
 //!
+//! - [`decoder`]: batch-1 decoding of a Llama-family network without the executor, with
+//!   spinning threads and int8 activations against packed weights.
 //! - [`packed_linear`]: the Linear on packed int8/int4 weights (`PackedLinear`).
 //! - [`int8_cells`]: the int8 CNN cells that `qat`'s convert produces.
 //! - [`install`]: puts packed Linears into a network by name (all or nothing).
@@ -10,6 +12,7 @@
 //!   runnable network, quantized Linears on the kernels; [`gs`], [`gptq`] and [`gguf`] read
 //!   each format's quantized tensors.
 
+pub mod decoder;
 pub mod gguf;
 pub mod gptq;
 pub mod gs;

@@ -231,6 +231,29 @@ fn language_model_commands() {
     ]);
     assert!(ok, "{err}");
     assert!(out.starts_with("The capital of France is Paris"), "{out}");
+    // The batch-1 decoder ran it (a fallback to the executor would say so).
+    assert!(!err.contains("graph executor"), "{err}");
+
+    // Decode speed of each weight variant, on the decoder; the llama.cpp baseline is optional.
+    let (ok, out, err) = gstick(&[
+        "bench",
+        "decode",
+        "--model",
+        &model,
+        "--tokens",
+        "6",
+        "--no-llama-cpp",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    for key in ["fp32", "w8", "w4"] {
+        assert!(
+            v[format!("{key}_tokens_per_s")].as_f64().unwrap() > 0.0,
+            "{v}"
+        );
+    }
+    assert_eq!(v["prompt_tokens"].as_u64(), Some(16), "{v}");
+    assert_eq!(v["quantized_head"], "int8");
 
     let (ok, _, err) = gstick(&[
         "eval",

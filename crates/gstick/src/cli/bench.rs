@@ -31,8 +31,11 @@ pub enum BenchKind {
     Layerwise(LlmBenchArgs),
     /// Peak memory and time of the same windows through the fully loaded LLM.
     Forward(LlmBenchArgs),
-    /// Batch-1 greedy decode tokens/s with the KV cache (and without, for comparison).
-    Decode(DecodeBenchArgs),
+    /// Batch-1 greedy decode tokens/s on the decoder, against llama.cpp in the same run when
+    /// llama-cpp-python is installed.
+    Decode(crate::cli::decode_bench::DecodeBenchArgs),
+    /// Prompt processing (prefill) tokens/s, against llama.cpp in the same run when installed.
+    Prefill(crate::cli::decode_bench::PrefillBenchArgs),
     /// Perplexity throughput (tokens/s), against transformers in the same run when installed.
     Ppl(PplBenchArgs),
     /// Int8 and int4 deploy kernels against the f32 Linear path (GEMV and GEMM).
@@ -169,93 +172,6 @@ pub fn cpu_name() -> String {
 }
 
 #[derive(Args)]
-pub struct DecodeBenchArgs {
-    /// GGUF file or Hugging Face directory.
-    #[arg(long)]
-    pub model: PathBuf,
-    #[arg(long, default_value = "The history of the printing press begins")]
-    pub prompt: String,
-    /// Tokens to generate.
-    #[arg(long, default_value_t = 128)]
-    pub tokens: usize,
-    /// Weights to decode with, comma-separated: fp32, w8 (RTN per-channel) and w4 (RTN group 64),
-    /// the quantized ones on the deploy kernels.
-    #[arg(long, value_delimiter = ',', default_value = "fp32")]
-    pub weights: Vec<DecodeWeights>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DecodeWeights {
-    Fp32,
-    W8,
-    W4,
-}
-
-/// Tokens/s of greedy decoding from the first generated token on (the prompt pass not counted).
-fn decode_rate(
-    net: &gstick_nn::Network,
-    prompt: &[u32],
-    tokens: usize,
-    use_cache: bool,
-) -> Result<f64> {
-    use gstick_models::generate::{generate, Sampling};
-    let mut first: Option<Instant> = None;
-    let out = generate(
-        net,
-        prompt,
-        tokens,
-        Sampling::Greedy,
-        None,
-        use_cache,
-        |_| {
-            first.get_or_insert_with(Instant::now);
-        },
-    )?;
-    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    Ok(out.len().saturating_sub(1) as f64 / seconds.max(1e-9))
-}
-
-fn decode(args: DecodeBenchArgs) -> Result<()> {
-    use gstick::ptq::config::WeightAlgo;
-    use gstick::ptq::PtqConfig;
-    let (net, _, tokenizer) = crate::cli::llm_cmd::load_lm(&args.model)?;
-    let prompt = tokenizer.encode(&args.prompt)?;
-    anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
-    let mut report = serde_json::json!({
-        "bench": "llm-greedy-decode",
-        "prompt_tokens": prompt.len(),
-        "tokens": args.tokens,
-        "threads": gstick_nn::kernels::kernel_threads(),
-    });
-    for &weights in &args.weights {
-        let config = match weights {
-            DecodeWeights::Fp32 => None,
-            DecodeWeights::W8 => Some(PtqConfig::default()),
-            DecodeWeights::W4 => Some(PtqConfig::weight_only(WeightAlgo::Rtn, 4, 64)?),
-        };
-        let key = format!("{weights:?}").to_lowercase();
-        let mut variant = net.clone();
-        if let Some(config) = &config {
-            let mut fake = net.clone();
-            gstick::ptq::rtn::apply_rtn(&mut fake, config, None)?;
-            let model = gstick::ptq::fake_quant_linear::quantized_model(&fake);
-            let d = gstick::deploy::install(&mut variant, &model)?;
-            report[format!("{key}_decoder_weight_mib")] =
-                (d.packed_bytes as f64 / 1048576.0).into();
-        }
-        let rate = decode_rate(&variant, &prompt, args.tokens, true)?;
-        eprintln!("{key}: {rate:.1} tokens/s");
-        report[format!("{key}_tokens_per_s")] = rate.into();
-        if weights == DecodeWeights::Fp32 {
-            report["fp32_tokens_per_s_recompute"] =
-                decode_rate(&variant, &prompt, args.tokens, false)?.into();
-        }
-    }
-    println!("{report}");
-    Ok(())
-}
-
-#[derive(Args)]
 pub struct LlmBenchArgs {
     /// GGUF file or Hugging Face directory.
     #[arg(long)]
@@ -277,7 +193,8 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         Some(BenchKind::Lenet5(args)) => bench(args),
         Some(BenchKind::Layerwise(args)) => llm_memory(args, true),
         Some(BenchKind::Forward(args)) => llm_memory(args, false),
-        Some(BenchKind::Decode(args)) => decode(args),
+        Some(BenchKind::Decode(args)) => crate::cli::decode_bench::decode(args),
+        Some(BenchKind::Prefill(args)) => crate::cli::decode_bench::prefill(args),
         Some(BenchKind::Ppl(args)) => ppl(args),
         Some(BenchKind::Kernels(args)) => crate::cli::kernel_bench::run(args),
         Some(BenchKind::CnnInt8(args)) => crate::cli::cnn_bench::run(args),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gstick_models::bert::load_bert_embedder;
-use gstick_models::generate::{generate as run_generation, Sampling};
+use gstick_models::generate::{generate_with, GraphLm, Sampling, TokenLogits};
 use gstick_models::hf::HfCheckpoint;
 use gstick_models::hf_export::export_hf;
 use gstick_models::llama::LlamaConfig;
@@ -169,6 +169,18 @@ pub fn ppl(args: PplArgs) -> Result<()> {
     Ok(())
 }
 
+/// What generation runs on: the batch-1 decoder when the network is a plain Llama-family graph
+/// and the KV cache is wanted, the graph executor otherwise (the reason is printed).
+pub fn token_model(net: &Network, use_cache: bool) -> Box<dyn TokenLogits + '_> {
+    if use_cache {
+        match gstick_deploy::decoder::Decoder::new(net, 0) {
+            Ok(decoder) => return Box::new(decoder),
+            Err(e) => eprintln!("decoding through the graph executor: {e}"),
+        }
+    }
+    Box::new(GraphLm::new(net, use_cache))
+}
+
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let (net, _, tokenizer) = load_lm(&args.model)?;
     let prompt = tokenizer.encode(&args.prompt)?;
@@ -187,13 +199,13 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let mut out = std::io::stdout();
     let mut shown = String::new();
     let mut new_ids = Vec::new();
-    run_generation(
-        &net,
+    let mut lm = token_model(&net, !args.no_cache);
+    generate_with(
+        lm.as_mut(),
         &prompt,
         args.max_tokens,
         sampling,
         tokenizer.eos,
-        !args.no_cache,
         |id| {
             // Decode the whole continuation each time so multi-byte characters print whole.
             new_ids.push(id);

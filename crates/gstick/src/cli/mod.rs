@@ -5,6 +5,7 @@ pub mod allocator;
 pub mod bench;
 pub mod cnn_bench;
 pub mod datasets;
+pub mod decode_bench;
 pub mod graph_cmd;
 pub mod kernel_bench;
 pub mod llm_cmd;

@@ -61,6 +61,7 @@ pub mod linear_nll;
 pub mod max_pool2d;
 pub mod relu;
 pub mod rows;
+pub mod spin_pool;
 pub mod vector_math;
 
 /// Float element types the kernels are written for.

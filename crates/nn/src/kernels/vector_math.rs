@@ -174,6 +174,39 @@ multiversion! {
 }
 
 multiversion! {
+    /// out[p] = dot(rows[p * stride..p * stride + x.len()], x) for every p < out.len(): one query
+    /// head against the cached keys of its key/value head (token-major, `stride` apart).
+    fn dot_strided(rows: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+        for (p, y) in out.iter_mut().enumerate() {
+            *y = lane_sum_product(&rows[p * stride..p * stride + x.len()], x);
+        }
+    }
+}
+
+multiversion! {
+    /// out <- sum_p weights[p] * rows[p * stride..p * stride + out.len()]: the probability-weighted
+    /// sum of the cached values of one head.
+    fn weighted_rows(rows: &[f32], stride: usize, weights: &[f32], out: &mut [f32]) {
+        out.fill(0.0);
+        for (p, &w) in weights.iter().enumerate() {
+            let row = &rows[p * stride..p * stride + out.len()];
+            for (o, v) in out.iter_mut().zip(row) {
+                *o += w * *v;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// gate <- silu(gate) * up, the SwiGLU product of one decode step.
+    fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        for (g, u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + exp_one(-*g)) * *u;
+        }
+    }
+}
+
+multiversion! {
     /// out <- x rounded to bfloat16 (nearest even; NaN stays NaN), as raw bits.
     fn to_bf16(x: &[f32], out: &mut [u16]) {
         for (o, v) in out.iter_mut().zip(x) {
@@ -206,6 +239,63 @@ multiversion! {
             *s += v.abs() as f64;
         }
     }
+}
+
+multiversion! {
+    /// out[r] = dot(row r of w, x) for a row-major w of out.len() rows of x.len() columns: the
+    /// f32 matrix-vector product of batch-1 decode. Four rows share each load of x; each dot is
+    /// summed like [`lane_sum`], so the result does not depend on how rows are grouped.
+    fn dot_rows(w: &[f32], x: &[f32], out: &mut [f32]) {
+        let cols = x.len();
+        let mut ys = out.chunks_exact_mut(4);
+        let mut rows = w.chunks_exact(4 * cols);
+        for (y, four) in (&mut ys).zip(&mut rows) {
+            let (w0, rest) = four.split_at(cols);
+            let (w1, rest) = rest.split_at(cols);
+            let (w2, w3) = rest.split_at(cols);
+            let mut acc = [[0f32; LANES]; 4];
+            let lanes = x
+                .chunks_exact(LANES)
+                .zip(w0.chunks_exact(LANES))
+                .zip(w1.chunks_exact(LANES))
+                .zip(w2.chunks_exact(LANES))
+                .zip(w3.chunks_exact(LANES));
+            for ((((xs, c0), c1), c2), c3) in lanes {
+                for l in 0..LANES {
+                    acc[0][l] += c0[l] * xs[l];
+                    acc[1][l] += c1[l] * xs[l];
+                    acc[2][l] += c2[l] * xs[l];
+                    acc[3][l] += c3[l] * xs[l];
+                }
+            }
+            let whole = cols - cols % LANES;
+            for (i, row) in [w0, w1, w2, w3].into_iter().enumerate() {
+                for (l, c) in (whole..cols).enumerate() {
+                    acc[i][l] += row[c] * x[c];
+                }
+                y[i] = fold_lanes(acc[i]);
+            }
+        }
+        for (y, row) in ys.into_remainder().iter_mut().zip(rows.remainder().chunks_exact(cols)) {
+            *y = lane_sum_product(row, x);
+        }
+    }
+}
+
+/// Sum of a[i] * b[i] in 16 partial sums, the order [`dot_rows`] uses for every row.
+#[inline(always)]
+fn lane_sum_product(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let whole = a.len() - a.len() % LANES;
+    for (ca, cb) in a[..whole].chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    for (l, c) in (whole..a.len()).enumerate() {
+        acc[l] += a[c] * b[c];
+    }
+    fold_lanes(acc)
 }
 
 /// Sum of f(x) in 16 partial sums (value i into lane i mod 16), combined in a fixed order.
@@ -301,6 +391,38 @@ mod tests {
         let reference = run(MathPath::Portable);
         for p in MathPath::available() {
             assert_eq!(run(p), reference, "path {p:?}");
+        }
+    }
+
+    #[test]
+    fn dot_rows_matches_a_plain_dot_on_every_path() {
+        let (rows, cols) = (7, 37);
+        let w: Vec<f32> = samples().into_iter().cycle().take(rows * cols).collect();
+        let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut reference = vec![0f32; rows];
+        dot_rows(MathPath::Portable, &w, &x, &mut reference);
+        for r in 0..rows {
+            let exact: f64 = (0..cols)
+                .map(|c| w[r * cols + c] as f64 * x[c] as f64)
+                .sum();
+            let mag: f64 = (0..cols)
+                .map(|c| (w[r * cols + c] as f64 * x[c] as f64).abs())
+                .sum();
+            assert!((reference[r] as f64 - exact).abs() <= 1e-6 * mag, "row {r}");
+            // One row alone gives the same bits as within a group of four.
+            let mut single = [0f32];
+            dot_rows(
+                MathPath::Portable,
+                &w[r * cols..(r + 1) * cols],
+                &x,
+                &mut single,
+            );
+            assert_eq!(single[0].to_bits(), reference[r].to_bits());
+        }
+        for path in MathPath::available() {
+            let mut out = vec![0f32; rows];
+            dot_rows(path, &w, &x, &mut out);
+            assert_eq!(out, reference, "{path:?}");
         }
     }
 

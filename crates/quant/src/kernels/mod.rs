@@ -18,6 +18,7 @@ mod avx512;
 mod gemm;
 pub mod packed;
 pub mod portable;
+pub mod q8_dot;
 
 pub use packed::{PackedData, PackedWeight};
 
@@ -168,6 +169,24 @@ fn rows_parallel(isa: Isa, x: &[f32], m: usize, w: &PackedWeight, out: &mut [f32
         for i in 0..m {
             out[i * n + s..i * n + s + len].copy_from_slice(&part[i * len..(i + 1) * len]);
         }
+    }
+}
+
+/// Rows `start..start + out.len()` of `x W^T` for one input row `x`, on the calling thread (the
+/// batch-1 decoder splits rows over its own threads).
+pub fn rows_into(isa: Isa, w: &PackedWeight, x: &[f32], start: usize, out: &mut [f32]) {
+    assert!(
+        isa.supported(),
+        "{} is not supported by this CPU",
+        isa.name()
+    );
+    assert!(
+        x.len() == w.cols && start + out.len() <= w.rows,
+        "rows_into: shapes do not match"
+    );
+    row_kernel(isa, w, x, start, out);
+    if !w.offsets.is_empty() {
+        add_offsets(w, &block_sums(x, w), start, out);
     }
 }
 
