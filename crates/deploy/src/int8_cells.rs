@@ -124,24 +124,35 @@ impl Cell for Dequantize {
 }
 
 /// u8 -> u8 from one set of parameters to another, through a 256-entry table (optionally with a
-/// ReLU applied in between).
+/// ReLU applied in between, and optionally after an integer ReLU `max(u, floor)` on the input:
+/// an `Int8ReLU` folded in, the same integers in one pass).
 #[derive(Clone, Debug)]
 pub struct Requantize {
     pub from: ActQuant,
     pub to: ActQuant,
     pub relu: bool,
+    pub floor: Option<u8>,
     table: Vec<u8>,
 }
 
 impl Requantize {
     pub fn new(from: ActQuant, to: ActQuant, relu: bool) -> Self {
+        Self::with_floor(from, to, relu, None)
+    }
+
+    /// [`Requantize::new`] reading `max(u, floor)` instead of `u`.
+    pub fn with_floor(from: ActQuant, to: ActQuant, relu: bool, floor: Option<u8>) -> Self {
         let table = (0..=255u8)
-            .map(|u| requantize(&to, relu, from.dequantize(u)))
+            .map(|u| {
+                let u = floor.map_or(u, |f| u.max(f));
+                requantize(&to, relu, from.dequantize(u))
+            })
             .collect();
         Requantize {
             from,
             to,
             relu,
+            floor,
             table,
         }
     }
@@ -158,7 +169,9 @@ impl Cell for Requantize {
     }
     fn summary(&self) -> String {
         format!(
-            "{}scale {:.4e} -> {:.4e}",
+            "{}{}scale {:.4e} -> {:.4e}",
+            self.floor
+                .map_or(String::new(), |f| format!("max(u, {f}), ")),
             if self.relu { "relu, " } else { "" },
             self.from.scale,
             self.to.scale
@@ -779,12 +792,15 @@ impl Cell for Int8Linear {
 }
 
 /// Sum of two quantized tensors (the residual Add), dequantized then requantized. A quantized
-/// output is looked up in a table over every pair of inputs, made from the same arithmetic.
+/// output is looked up in a table over every pair of inputs, made from the same arithmetic; a
+/// `Requantize` that followed it (with its ReLU folded in) is composed into that table.
 #[derive(Clone, Debug)]
 pub struct Int8Add {
     pub a: ActQuant,
     pub b: ActQuant,
     pub out: Int8Out,
+    /// Applied to the quantized sum (kept for export; computed through the table).
+    pub then: Option<Requantize>,
     /// `table[(u << 8) | v]`, for a quantized output.
     table: Option<std::sync::Arc<[u8]>>,
 }
@@ -802,7 +818,29 @@ impl Int8Add {
                     .collect(),
             ),
         };
-        Int8Add { a, b, out, table }
+        Int8Add {
+            a,
+            b,
+            out,
+            then: None,
+            table,
+        }
+    }
+
+    /// This Add followed by `next`, in one table lookup (the same integers as the two cells);
+    /// `None` when the sum is not quantized or already has a follower.
+    pub fn then_requantize(&self, next: Requantize) -> Option<Int8Add> {
+        if self.then.is_some() {
+            return None;
+        }
+        let table = self.table.as_ref()?;
+        let composed: std::sync::Arc<[u8]> =
+            table.iter().map(|&u| next.table[u as usize]).collect();
+        Some(Int8Add {
+            then: Some(next),
+            table: Some(composed),
+            ..self.clone()
+        })
     }
 }
 
@@ -852,6 +890,9 @@ impl Cell for Int8Add {
     }
 
     fn summary(&self) -> String {
-        self.out.describe()
+        match &self.then {
+            Some(r) => format!("{}, then {}", self.out.describe(), r.summary()),
+            None => self.out.describe(),
+        }
     }
 }

@@ -372,6 +372,62 @@ fn dequantized_weight(w: &Int8Weights) -> gstick_nn::Result<Tensor> {
 /// Fuses an integer layer (conv, Linear or Add) producing floats with the ReLU and `Quantize`
 /// after it: the layer then requantizes its sums itself.
 fn fuse_requantization(net: &mut Network) -> crate::Result<()> {
+    // An integer ReLU feeding a Requantize becomes the Requantize's input floor: one pass over
+    // the values instead of two, the same integers.
+    let engine = PatternEngine::new(
+        Pattern::chain(&["Int8ReLU", "Requantize"]),
+        |g: &Graph<Box<dyn Cell>>, m: &Match| {
+            let cell_of = |id| g.node(id).ok().and_then(|n| n.cell()).map(|c| c.as_ref());
+            let relu = cell_of(m.get("Int8ReLU")?).and_then(|c| downcast::<Int8Relu>(c));
+            let req = cell_of(m.get("Requantize")?).and_then(|c| downcast::<Requantize>(c));
+            let (Some(relu), Some(req)) = (relu, req) else {
+                return Ok(Vec::new());
+            };
+            if req.floor.is_some() {
+                return Ok(Vec::new());
+            }
+            let cell = Requantize::with_floor(req.from, req.to, req.relu, Some(relu.zero_point));
+            Ok(vec![NewNode::cell(
+                g.name_of(m.root())?.to_string(),
+                Box::new(cell) as Box<dyn Cell>,
+                g.inputs_of(m.get("Int8ReLU")?)?
+                    .iter()
+                    .copied()
+                    .map(Arg::Node)
+                    .collect(),
+            )])
+        },
+    );
+    engine.apply(net)?;
+    fuse_layers_and_quantizers(net)?;
+    // A quantized residual sum feeding a Requantize: one composed table lookup.
+    let engine = PatternEngine::new(
+        Pattern::chain(&["Int8Add", "Requantize"]),
+        |g: &Graph<Box<dyn Cell>>, m: &Match| {
+            let cell_of = |id| g.node(id).ok().and_then(|n| n.cell()).map(|c| c.as_ref());
+            let add = cell_of(m.get("Int8Add")?).and_then(|c| downcast::<Int8Add>(c));
+            let req = cell_of(m.get("Requantize")?).and_then(|c| downcast::<Requantize>(c));
+            let Some(fused) = add.zip(req).and_then(|(a, r)| a.then_requantize(r.clone())) else {
+                return Ok(Vec::new());
+            };
+            Ok(vec![NewNode::cell(
+                g.name_of(m.root())?.to_string(),
+                Box::new(fused) as Box<dyn Cell>,
+                g.inputs_of(m.get("Int8Add")?)?
+                    .iter()
+                    .copied()
+                    .map(Arg::Node)
+                    .collect(),
+            )])
+        },
+    );
+    engine.apply(net)?;
+    Ok(())
+}
+
+/// A layer (or residual Add) followed by its output quantizer, with or without a ReLU between,
+/// becomes the layer with a quantized output.
+fn fuse_layers_and_quantizers(net: &mut Network) -> crate::Result<()> {
     for layer in ["Int8Conv2d", "Int8Linear", "Int8Add"] {
         for with_relu in [true, false] {
             let kinds: Vec<&str> = if with_relu {

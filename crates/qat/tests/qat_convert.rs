@@ -172,6 +172,11 @@ fn resnet20_int8_deploy_matches_fake_quant_for_each_batchnorm_treatment() {
         );
         assert_eq!(k.iter().filter(|x| *x == "Int8Conv2d").count(), 21);
         assert_eq!(k.iter().filter(|x| *x == "Int8Add").count(), 9);
+        // Each block's Add -> ReLU -> Requantize runs as one composed table lookup.
+        assert!(
+            !k.iter().any(|x| x == "Int8ReLU" || x == "Requantize"),
+            "{k:?}"
+        );
         let got = captured(&deploy, "avgpool_quant", &x, Some((scale, min)));
         let (share, worst) = agreement(&got, &fake, scale);
         eprintln!(

@@ -168,6 +168,27 @@ impl Builder {
         )
     }
 
+    /// A `Requantize` cell: the integer floor (a folded ReLU) as Max, then dequantize, ReLU
+    /// when asked, quantize to the new parameters.
+    fn requantize(&mut self, name: &str, x: &str, r: &Requantize) -> String {
+        let floored;
+        let x = match r.floor {
+            Some(f) => {
+                let z = self.init(&format!("{name}.floor"), DataType::Uint8, &[], vec![f]);
+                floored = self.node("Max", &format!("{name}.floor_max"), &[x, &z], vec![]);
+                floored.as_str()
+            }
+            None => x,
+        };
+        let f = self.dequantize(name, x, &r.from);
+        let f = if r.relu {
+            self.node("Relu", &format!("{name}.relu"), &[&f], vec![])
+        } else {
+            f
+        };
+        self.quantize(name, &f, &r.to)
+    }
+
     /// The int8 weight behind a per-output-channel DequantizeLinear, with `shape`.
     fn weight(&mut self, name: &str, w: &Int8Weights, shape: &[i64]) -> String {
         let (rows, cols, kp) = (w.rows.rows, w.rows.cols, w.rows.k_padded);
@@ -275,13 +296,7 @@ impl Builder {
             return Ok(self.dequantize(name, x, &d.quant));
         }
         if let Some(r) = downcast::<Requantize>(cell) {
-            let f = self.dequantize(name, x, &r.from);
-            let f = if r.relu {
-                self.node("Relu", &format!("{name}.relu"), &[&f], vec![])
-            } else {
-                f
-            };
-            return Ok(self.quantize(name, &f, &r.to));
+            return Ok(self.requantize(name, x, r));
         }
         if let Some(r) = downcast::<Int8Relu>(cell) {
             let z = self.init(
@@ -372,7 +387,13 @@ impl Builder {
             let fa = self.dequantize(&format!("{name}.a"), x, &a.a);
             let fb = self.dequantize(&format!("{name}.b"), y0, &a.b);
             let s = self.node("Add", &format!("{name}.add"), &[&fa, &fb], vec![]);
-            return Ok(self.finish(name, &s, &a.out));
+            return Ok(match &a.then {
+                Some(r) => {
+                    let sum = self.finish(&format!("{name}.sum"), &s, &a.out);
+                    self.requantize(name, &sum, r)
+                }
+                None => self.finish(name, &s, &a.out),
+            });
         }
         if let Some(act) = downcast::<Activation>(cell) {
             if act.0 == ActivationKind::Relu {

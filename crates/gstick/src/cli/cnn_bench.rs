@@ -192,13 +192,15 @@ pub fn run(args: CnnBenchArgs) -> Result<()> {
         }
         rows.push(
             serde_json::json!({"model": name, "batch": args.batch, "f32_ms": f * 1e3,
-            "int8_ms": q * 1e3, "int8_speedup": f / q, "onnxruntime_int8_ms": ort}),
+            "int8_ms": q * 1e3, "int8_speedup": f / q, "onnxruntime_int8_ms": ort,
+            "ratio_int8_over_onnxruntime": ort.map(|ms| ms / (q * 1e3))}),
         );
     }
     let _ = std::fs::remove_dir_all(&tmp);
     println!(
         "{}",
-        serde_json::json!({"bench": "cnn-int8", "int_isa": gstick_quant::int8::IntIsa::detect().name(),
+        serde_json::json!({"bench": "cnn-int8", "cpu": crate::cli::bench::cpu_name(),
+            "int_isa": gstick_quant::int8::IntIsa::detect().name(),
             "threads": gstick_nn::kernels::kernel_threads(), "models": rows})
     );
     Ok(())

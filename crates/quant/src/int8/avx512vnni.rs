@@ -140,3 +140,29 @@ unsafe fn quad_tile<const MV: usize, const NR: usize>(
         }
     }
 }
+
+/// Each row's byte sum over the quad layout: `vpdpbusd` of 16 rows' quads with all-ones bytes.
+///
+/// # Safety
+/// As [`gemm_quads`], with `quads` holding `shape.len()` bytes and `sums` at least `shape.m`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn quad_row_sums(quads: &[u8], shape: super::quads::QuadShape, sums: &mut [i32]) {
+    let (m, mp) = (shape.m, shape.m_padded());
+    let ones = _mm512_set1_epi8(1);
+    let mut i = 0;
+    while i < m {
+        let mut acc = _mm512_setzero_si512();
+        for g in 0..shape.groups() {
+            let v = _mm512_loadu_si512(quads.as_ptr().add((g * mp + i) * 4) as *const _);
+            acc = _mm512_dpbusd_epi32(acc, v, ones);
+        }
+        let left = m - i;
+        let dst = sums.as_mut_ptr().add(i);
+        if left >= 16 {
+            _mm512_storeu_si512(dst as *mut _, acc);
+        } else {
+            _mm512_mask_storeu_epi32(dst, ((1u32 << left) - 1) as __mmask16, acc);
+        }
+        i += 16;
+    }
+}

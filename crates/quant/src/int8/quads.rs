@@ -40,6 +40,20 @@ impl QuadShape {
 
 /// Sum of each row's values (for a weight zero-point correction), from the quad layout.
 pub fn quad_row_sums(quads: &[u8], shape: QuadShape, sums: &mut [i32]) {
+    quad_row_sums_with(IntIsa::detect(), quads, shape, sums)
+}
+
+/// [`quad_row_sums`] on a chosen instruction set (tests compare them).
+pub fn quad_row_sums_with(isa: IntIsa, quads: &[u8], shape: QuadShape, sums: &mut [i32]) {
+    assert!(
+        quads.len() >= shape.len() && sums.len() >= shape.m,
+        "quad_row_sums: operand sizes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == IntIsa::Avx512Vnni && isa.supported() {
+        // SAFETY: support was checked; the kernel reads `shape.len()` bytes and writes `m` sums.
+        return unsafe { avx512vnni::quad_row_sums(quads, shape, sums) };
+    }
     let mp = shape.m_padded();
     sums[..shape.m].fill(0);
     for g in 0..shape.groups() {
@@ -82,6 +96,34 @@ fn gemm_quads_portable(a: &[u8], shape: QuadShape, b: &Int8Rows, out: &mut [i32]
             for (i, s) in dst.iter_mut().enumerate() {
                 let q = &group[i * 4..i * 4 + 4];
                 *s += (0..4).map(|t| q[t] as i32 * wg[t] as i32).sum::<i32>();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_sums_agree_on_every_path() {
+        for (m, k) in [(37, 27), (16, 8), (5, 3)] {
+            let shape = QuadShape { m, k };
+            let quads: Vec<u8> = (0..shape.len()).map(|i| (i * 37 % 251) as u8).collect();
+            let mut reference = vec![0i32; m];
+            quad_row_sums_with(IntIsa::Portable, &quads, shape, &mut reference);
+            // Row 0's sum straight from the layout.
+            let mp = shape.m_padded();
+            let direct: i32 = (0..shape.groups())
+                .map(|g| (0..4).map(|b| quads[g * mp * 4 + b] as i32).sum::<i32>())
+                .sum();
+            assert_eq!(reference[0], direct);
+            for isa in [IntIsa::Avx512Vnni, IntIsa::Avx2] {
+                if isa.supported() {
+                    let mut sums = vec![0i32; m];
+                    quad_row_sums_with(isa, &quads, shape, &mut sums);
+                    assert_eq!(sums, reference, "{}", isa.name());
+                }
             }
         }
     }
