@@ -63,7 +63,7 @@ pub fn attend_on(
     );
     assert!(keys >= t, "attention has {t} queries but only {keys} keys");
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if super::compute() == super::Compute::Bf16 && super::bf16_gemm::amx_available() {
+    if super::compute() == super::Compute::Bf16 && super::bf16_gemm::hardware_available() {
         return amx_attention::attend(path, dims, q, k, v, out);
     }
     let blocks: Vec<(usize, &mut [f32])> = out.chunks_mut(QUERY_BLOCK * qw).enumerate().collect();
@@ -394,13 +394,13 @@ mod tests {
         check(encoder, 90, 90);
     }
 
-    /// The AMX path (bf16 operands) stays within bf16 rounding of the f32 path, and is
+    /// The bf16 hardware path (AMX or AVX512-BF16) stays within bf16 rounding of the f32 path, and is
     /// deterministic across thread counts.
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     #[test]
     fn bf16_tiles_stay_near_f32() {
-        if !crate::kernels::bf16_gemm::amx_available() {
-            return; // no AMX on this CPU: the emulated path is the f32 one
+        if !crate::kernels::bf16_gemm::hardware_available() {
+            return; // no bf16 hardware on this CPU: the emulated path is the f32 one
         }
         for (dims, t, keys) in [
             (

@@ -1,7 +1,9 @@
 //! y = x W^T with both operands rounded to bfloat16 and f32 accumulation: the optional
 //! `--compute bf16` of inference. On CPUs with AMX (Sapphire Rapids and later) the products run
-//! on the tile unit (`TDPBF16PS`, 16 x 16 x 32 per instruction); elsewhere the rounded operands
-//! go through the f32 GEMM, the same arithmetic without the speed.
+//! on the tile unit (`TDPBF16PS`, 16 x 16 x 32 per instruction); on CPUs with AVX512-BF16 (Zen 4
+//! and later, Cooper Lake) the same packed operands go through `VDPBF16PS` (16 lanes x 2 pairs
+//! per instruction, twice the f32 FMA's products); elsewhere the rounded operands go through
+//! the f32 GEMM, the same arithmetic without the speed.
 //!
 //! Layout: x is rounded into rows padded to a multiple of 32 columns; W is packed once per call
 //! into 1 KB tiles of 16 output columns x 32 inputs in AMX's pair order (tile row p holds, for
@@ -43,6 +45,37 @@ pub fn amx_available() -> bool {
     })
 }
 
+/// Whether this CPU has AVX512-BF16 (`VDPBF16PS`).
+pub fn avx512_bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether bf16 products run on bf16 hardware here (AMX tiles or AVX512-BF16), as opposed to
+/// being emulated on the f32 GEMM.
+pub fn hardware_available() -> bool {
+    cfg!(all(target_arch = "x86_64", target_os = "linux"))
+        && (amx_available() || avx512_bf16_available())
+}
+
+/// The bf16 hardware in use, for reports.
+pub fn hardware_name() -> Option<&'static str> {
+    if !hardware_available() {
+        None
+    } else if amx_available() {
+        Some("AMX tiles")
+    } else {
+        Some("AVX512-BF16")
+    }
+}
+
 /// y (m, n) = x (m, k) W^T for W (n, k), operands rounded to bf16, f32 sums.
 pub fn bf16_linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32]) {
     assert!(
@@ -50,7 +83,7 @@ pub fn bf16_linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [
         "bf16 linear: shapes ({m}, {k}) x ({n}, {k}) do not match the buffers"
     );
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if amx_available() {
+    if hardware_available() {
         return amx::linear(x, w, m, n, k, y);
     }
     emulated_linear(x, w, m, n, k, y)
@@ -244,6 +277,11 @@ pub(crate) mod amx {
                 && (block + 1) * BLOCK * x.k_pad <= x.data.len(),
             "AMX block shapes do not match"
         );
+        if !super::amx_available() {
+            // SAFETY: `hardware_available` (every caller's gate) found AVX512-BF16; the shapes
+            // were checked above.
+            return unsafe { dot_bf16::multiply_block_part(x, block, w, columns, k_tiles, out) };
+        }
         let mut staging = [0f32; BLOCK * BLOCK];
         let config = TileConfig::all_16x64();
         // SAFETY: the tile state was granted (`amx_available`), the configuration is valid and
@@ -267,6 +305,65 @@ pub(crate) mod amx {
                 }
             }
             asm!("tilerelease", options(nostack));
+        }
+    }
+
+    /// The same block products on AVX512-BF16: for each input pair index, one 64-byte load
+    /// of a packed tile row holds that pair for 16 output columns, and `VDPBF16PS` adds both
+    /// products into 16 f32 lanes; an x pair is broadcast to meet it. 8 rows x 32 columns
+    /// of y stay in 16 registers while the reduction is walked.
+    mod dot_bf16 {
+        use std::arch::x86_64::*;
+
+        use super::{PackedWeight, RoundedRows, BLOCK, TILE_K};
+
+        /// Rows of y per register block.
+        const ROWS: usize = 8;
+
+        /// # Safety
+        /// The CPU must have AVX512-BF16; shapes as `multiply_block_part` checks them.
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        pub unsafe fn multiply_block_part(
+            x: &RoundedRows,
+            block: usize,
+            w: &PackedWeight,
+            columns: usize,
+            k_tiles: usize,
+            out: &mut [f32],
+        ) {
+            let rows = out.len() / columns.max(1);
+            let a = x.data.as_ptr().add(block * BLOCK * x.k_pad);
+            for nb in 0..columns / BLOCK {
+                let b0 = w.data.as_ptr().add(nb * 2 * w.k_tiles * 512);
+                let b1 = b0.add(w.k_tiles * 512);
+                for r0 in (0..rows).step_by(ROWS) {
+                    let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+                    for kt in 0..k_tiles {
+                        for p in 0..TILE_K / 2 {
+                            let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(
+                                b0.add(kt * 512 + p * 32).cast(),
+                            ));
+                            let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(
+                                b1.add(kt * 512 + p * 32).cast(),
+                            ));
+                            for (r, acc) in acc.iter_mut().enumerate() {
+                                // Rows past `rows` are the zero padding of RoundedRows.
+                                let pair = (a.add((r0 + r) * x.k_pad + kt * TILE_K + 2 * p)
+                                    as *const i32)
+                                    .read_unaligned();
+                                let xv: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                                acc[0] = _mm512_dpbf16_ps(acc[0], xv, w0);
+                                acc[1] = _mm512_dpbf16_ps(acc[1], xv, w1);
+                            }
+                        }
+                    }
+                    for (r, acc) in acc.iter().enumerate().take(rows.saturating_sub(r0)) {
+                        let dst = out.as_mut_ptr().add((r0 + r) * columns + nb * BLOCK);
+                        _mm512_storeu_ps(dst, acc[0]);
+                        _mm512_storeu_ps(dst.add(16), acc[1]);
+                    }
+                }
+            }
         }
     }
 
@@ -369,8 +466,8 @@ mod tests {
         assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
     }
 
-    /// The AMX path (where the machine has it) equals the rounded f32 product up to the
-    /// summation order, on shapes with and without padding.
+    /// The hardware path (AMX or AVX512-BF16, where the machine has one) equals the rounded
+    /// f32 product up to the summation order, on shapes with and without padding.
     #[test]
     fn bf16_linear_matches_the_rounded_f32_product() {
         for (m, n, k) in [(64, 96, 64), (50, 40, 70), (1, 17, 33), (130, 576, 576)] {

@@ -11,7 +11,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 use super::bf16_gemm::amx;
-use super::bf16_gemm::{amx_available, round_bf16};
+use super::bf16_gemm::{hardware_available, round_bf16};
 use super::vector_math::{self, MathPath};
 
 /// Vocabulary rows per block (576-wide rows: 2.4 MB of weight).
@@ -37,7 +37,14 @@ pub fn linear_nll(
     targets: &[u32],
 ) -> Result<Vec<f64>, String> {
     let bf16 = super::compute() == super::Compute::Bf16;
-    nll_with(hidden, weight, k, targets, bf16, bf16 && amx_available())
+    nll_with(
+        hidden,
+        weight,
+        k,
+        targets,
+        bf16,
+        bf16 && hardware_available(),
+    )
 }
 
 /// [`linear_nll`] with bf16 operands or not, and on AMX or not (`use_amx` needs `bf16` and a
@@ -208,7 +215,7 @@ mod tests {
                 "bf16 {a} vs f32 {b}"
             );
         }
-        if amx_available() {
+        if hardware_available() {
             let amx = nll_with(&hidden, &weight, k, &targets, true, true).unwrap();
             for (a, b) in amx.iter().zip(&emulated) {
                 assert!(

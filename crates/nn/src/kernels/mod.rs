@@ -204,10 +204,13 @@ impl Compute {
     pub fn engine(self) -> &'static str {
         match self {
             Compute::F32 => "f32",
-            Compute::Bf16 if bf16_gemm::amx_available() => "bf16 on AMX tiles",
-            Compute::Bf16 => {
-                "bf16 Linear layers emulated on the f32 GEMM, attention in f32 (no AMX on this CPU)"
-            }
+            Compute::Bf16 => match bf16_gemm::hardware_name() {
+                Some("AMX tiles") => "bf16 on AMX tiles",
+                Some(_) => "bf16 on AVX512-BF16",
+                None => {
+                    "bf16 Linear layers emulated on the f32 GEMM, attention in f32 (no AMX or AVX512-BF16 on this CPU)"
+                }
+            },
         }
     }
 }
