@@ -374,50 +374,53 @@ fn dequantized_weight(w: &Int8Weights) -> gstick_nn::Result<Tensor> {
 fn fuse_requantization(net: &mut Network) -> crate::Result<()> {
     // An integer ReLU feeding a Requantize becomes the Requantize's input floor: one pass over
     // the values instead of two, the same integers.
-    let engine = PatternEngine::new(
-        Pattern::chain(&["Int8ReLU", "Requantize"]),
-        |g: &Graph<Box<dyn Cell>>, m: &Match| {
-            let cell_of = |id| g.node(id).ok().and_then(|n| n.cell()).map(|c| c.as_ref());
-            let relu = cell_of(m.get("Int8ReLU")?).and_then(|c| downcast::<Int8Relu>(c));
-            let req = cell_of(m.get("Requantize")?).and_then(|c| downcast::<Requantize>(c));
-            let (Some(relu), Some(req)) = (relu, req) else {
-                return Ok(Vec::new());
-            };
-            if req.floor.is_some() {
-                return Ok(Vec::new());
-            }
-            let cell = Requantize::with_floor(req.from, req.to, req.relu, Some(relu.zero_point));
-            Ok(vec![NewNode::cell(
-                g.name_of(m.root())?.to_string(),
-                Box::new(cell) as Box<dyn Cell>,
-                g.inputs_of(m.get("Int8ReLU")?)?
-                    .iter()
-                    .copied()
-                    .map(Arg::Node)
-                    .collect(),
-            )])
+    fuse_pairs(
+        net,
+        ["Int8ReLU", "Requantize"],
+        |relu: &Int8Relu, req: &Requantize| {
+            req.floor.is_none().then(|| {
+                Box::new(Requantize::with_floor(
+                    req.from,
+                    req.to,
+                    req.relu,
+                    Some(relu.zero_point),
+                )) as Box<dyn Cell>
+            })
         },
-    );
-    engine.apply(net)?;
+    )?;
     fuse_layers_and_quantizers(net)?;
     // A quantized residual sum feeding a Requantize: one composed table lookup.
+    fuse_pairs(
+        net,
+        ["Int8Add", "Requantize"],
+        |add: &Int8Add, req: &Requantize| {
+            add.then_requantize(req.clone())
+                .map(|fused| Box::new(fused) as Box<dyn Cell>)
+        },
+    )
+}
+
+/// Replaces each chain of two cells of `kinds` (the first used only by the second) that
+/// `combine` merges by the merged cell, named as the second and fed the first's inputs.
+fn fuse_pairs<A: 'static, B: 'static>(
+    net: &mut Network,
+    kinds: [&'static str; 2],
+    combine: impl Fn(&A, &B) -> Option<Box<dyn Cell>> + 'static,
+) -> crate::Result<()> {
     let engine = PatternEngine::new(
-        Pattern::chain(&["Int8Add", "Requantize"]),
-        |g: &Graph<Box<dyn Cell>>, m: &Match| {
+        Pattern::chain(&kinds),
+        move |g: &Graph<Box<dyn Cell>>, m: &Match| {
             let cell_of = |id| g.node(id).ok().and_then(|n| n.cell()).map(|c| c.as_ref());
-            let add = cell_of(m.get("Int8Add")?).and_then(|c| downcast::<Int8Add>(c));
-            let req = cell_of(m.get("Requantize")?).and_then(|c| downcast::<Requantize>(c));
-            let Some(fused) = add.zip(req).and_then(|(a, r)| a.then_requantize(r.clone())) else {
+            let (first, second) = (m.get(kinds[0])?, m.get(kinds[1])?);
+            let a = cell_of(first).and_then(|c| downcast::<A>(c));
+            let b = cell_of(second).and_then(|c| downcast::<B>(c));
+            let Some(cell) = a.zip(b).and_then(|(a, b)| combine(a, b)) else {
                 return Ok(Vec::new());
             };
             Ok(vec![NewNode::cell(
-                g.name_of(m.root())?.to_string(),
-                Box::new(fused) as Box<dyn Cell>,
-                g.inputs_of(m.get("Int8Add")?)?
-                    .iter()
-                    .copied()
-                    .map(Arg::Node)
-                    .collect(),
+                g.name_of(second)?.to_string(),
+                cell,
+                g.inputs_of(first)?.iter().copied().map(Arg::Node).collect(),
             )])
         },
     );
