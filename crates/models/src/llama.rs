@@ -114,33 +114,7 @@ impl LlamaConfig {
         }
         let heads = ck.config_usize("num_attention_heads")?;
         let hidden = ck.config_usize("hidden_size")?;
-        let rope_scaling = match &cfg["rope_scaling"] {
-            serde_json::Value::Null => RopeScaling::None,
-            scaling => {
-                let num = |k: &str| {
-                    scaling[k]
-                        .as_f64()
-                        .ok_or_else(|| bad(format!("rope_scaling.{k} is missing")))
-                };
-                match scaling["rope_type"].as_str().or(scaling["type"].as_str()) {
-                    Some("default") => RopeScaling::None,
-                    Some("linear") => RopeScaling::Linear {
-                        factor: num("factor")?,
-                    },
-                    Some("llama3") => RopeScaling::Llama3 {
-                        factor: num("factor")?,
-                        low_freq_factor: num("low_freq_factor")?,
-                        high_freq_factor: num("high_freq_factor")?,
-                        original_max_positions: num("original_max_position_embeddings")?,
-                    },
-                    other => {
-                        return Err(bad(format!(
-                            "RoPE scaling {other:?} is not supported yet (default, linear, llama3)"
-                        )))
-                    }
-                }
-            }
-        };
+        let (rope_theta, rope_scaling) = hf_rope(cfg).map_err(bad)?;
         let config = LlamaConfig {
             vocab: ck.config_usize("vocab_size")?,
             hidden,
@@ -153,7 +127,7 @@ impl LlamaConfig {
             head_dim: cfg["head_dim"]
                 .as_u64()
                 .map_or(hidden.checked_div(heads).unwrap_or(0), |v| v as usize),
-            rope_theta: cfg["rope_theta"].as_f64().unwrap_or(10_000.0),
+            rope_theta,
             rms_eps: ck.config_f64("rms_norm_eps")?,
             tie_embeddings: cfg["tie_word_embeddings"].as_bool().unwrap_or(false)
                 || !ck.has("lm_head.weight"),
@@ -285,6 +259,73 @@ impl LlamaConfig {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The RoPE base and scaling of a Hugging Face `config.json`, in either layout transformers
+/// writes: v4 (`rope_theta` and `rope_scaling` at the top level) or v5 (`rope_parameters` holding
+/// `rope_theta`, `rope_type` and the scaling keys). The base defaults to 10000 only where
+/// transformers defaults it (no key in either place). Per-layer-type parameters (Gemma 3's
+/// `rope_parameters.full_attention`) and scaling types other than default, linear and llama3
+/// are refused, naming the key.
+pub fn hf_rope(cfg: &serde_json::Value) -> std::result::Result<(f64, RopeScaling), String> {
+    let params = &cfg["rope_parameters"];
+    let (theta, scaling) = match params {
+        serde_json::Value::Null => (cfg["rope_theta"].clone(), cfg["rope_scaling"].clone()),
+        serde_json::Value::Object(map) => {
+            if let Some((key, _)) = map.iter().find(|(_, v)| v.is_object()) {
+                return Err(format!(
+                    "rope_parameters.{key}: per-layer-type RoPE parameters are not supported \
+                     (one rope_parameters object with rope_theta and rope_type is)"
+                ));
+            }
+            let top = cfg["rope_theta"].as_f64();
+            let inner = params["rope_theta"].as_f64();
+            if let (Some(t), Some(i)) = (top, inner) {
+                if t != i {
+                    return Err(format!(
+                        "rope_theta {t} and rope_parameters.rope_theta {i} disagree"
+                    ));
+                }
+            }
+            let theta = inner.map_or(cfg["rope_theta"].clone(), serde_json::Value::from);
+            (theta, params.clone())
+        }
+        other => return Err(format!("rope_parameters is not an object: {other}")),
+    };
+    let theta = match theta {
+        serde_json::Value::Null => 10_000.0,
+        v => v
+            .as_f64()
+            .ok_or_else(|| format!("rope_theta is not a number: {v}"))?,
+    };
+    let scaling = match &scaling {
+        serde_json::Value::Null => RopeScaling::None,
+        s => {
+            let num = |k: &str| {
+                s[k].as_f64()
+                    .ok_or_else(|| format!("rope scaling key `{k}` is missing or not a number"))
+            };
+            match s["rope_type"].as_str().or(s["type"].as_str()) {
+                None => return Err(format!("the RoPE parameters {s} name no rope_type")),
+                Some("default") => RopeScaling::None,
+                Some("linear") => RopeScaling::Linear {
+                    factor: num("factor")?,
+                },
+                Some("llama3") => RopeScaling::Llama3 {
+                    factor: num("factor")?,
+                    low_freq_factor: num("low_freq_factor")?,
+                    high_freq_factor: num("high_freq_factor")?,
+                    original_max_positions: num("original_max_position_embeddings")?,
+                },
+                Some(other) => {
+                    return Err(format!(
+                        "RoPE type `{other}` is not supported yet (default, linear, llama3)"
+                    ))
+                }
+            }
+        }
+    };
+    Ok((theta, scaling))
 }
 
 /// Supplies a weight by Hugging Face name and expected row-major shape.
@@ -620,4 +661,67 @@ pub fn load_llama_hf(dir: &std::path::Path) -> Result<(Network, LlamaConfig)> {
     let config = LlamaConfig::from_hf(&ck)?;
     let net = build_llama(&config, &mut ck)?;
     Ok((net, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The configs transformers 4.x and 5.x write for the same model give the same RoPE.
+    #[test]
+    fn rope_reads_the_v4_and_v5_layouts_alike() {
+        let v4 = json!({"rope_theta": 100000.0});
+        let v5 = json!({"rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}});
+        assert_eq!(hf_rope(&v4).unwrap(), (100000.0, RopeScaling::None));
+        assert_eq!(hf_rope(&v5).unwrap(), (100000.0, RopeScaling::None));
+        // transformers' own default, where neither layout names a base.
+        assert_eq!(hf_rope(&json!({})).unwrap(), (10000.0, RopeScaling::None));
+        let llama3 = RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_positions: 8192.0,
+        };
+        let scaling = json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let v4 = json!({"rope_theta": 500000.0, "rope_scaling": scaling});
+        let mut params = scaling.clone();
+        params["rope_theta"] = json!(500000.0);
+        let v5 = json!({"rope_parameters": params});
+        assert_eq!(hf_rope(&v4).unwrap(), (500000.0, llama3.clone()));
+        assert_eq!(hf_rope(&v5).unwrap(), (500000.0, llama3));
+        // v4's older `type` key, as transformers 5 keeps it beside rope_type.
+        let linear =
+            json!({"rope_parameters": {"type": "linear", "factor": 2.0, "rope_theta": 10000.0}});
+        assert_eq!(
+            hf_rope(&linear).unwrap(),
+            (10000.0, RopeScaling::Linear { factor: 2.0 })
+        );
+    }
+
+    #[test]
+    fn rope_layouts_it_cannot_read_are_refused_by_name() {
+        let cases = [
+            (
+                json!({"rope_parameters": {"full_attention": {"rope_theta": 1e6, "rope_type": "default"},
+                    "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}}}),
+                "rope_parameters.full_attention",
+            ),
+            (
+                json!({"rope_parameters": {"rope_theta": 1e4, "rope_type": "yarn", "factor": 4.0}}),
+                "`yarn`",
+            ),
+            (
+                json!({"rope_theta": 1e4, "rope_parameters": {"rope_theta": 1e5, "rope_type": "default"}}),
+                "disagree",
+            ),
+            (json!({"rope_scaling": {"factor": 2.0}}), "no rope_type"),
+            (json!({"rope_theta": "big"}), "rope_theta is not a number"),
+        ];
+        for (cfg, wanted) in cases {
+            let err = hf_rope(&cfg).unwrap_err();
+            assert!(err.contains(wanted), "{cfg}: {err}");
+        }
+    }
 }

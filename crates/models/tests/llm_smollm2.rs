@@ -332,6 +332,27 @@ fn hf_directory_written_from_the_gguf_gives_identical_logits() {
         "logits differ between the GGUF and the HF directory"
     );
 
+    // The same directory with the config.json transformers 5 writes (RoPE base inside
+    // rope_parameters, scripts/golden/make_hf_v5_config.py) is the same model: once, a missed
+    // base silently became 10000 here.
+    let v5 = include_str!("fixtures/smollm2_config_transformers5.json");
+    let v4 = std::fs::read_to_string(out.join("config.json")).unwrap();
+    std::fs::write(out.join("config.json"), v5).unwrap();
+    let (v5_net, v5_config) = gstick_models::llama::load_llama_hf(&out).unwrap();
+    assert_eq!(&v5_config, config);
+    let v5_logits: Vec<f32> = Executor::new(Mode::Eval, 0)
+        .forward1(&v5_net, &input)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(
+        v5_logits == b,
+        "logits differ with the transformers 5 config"
+    );
+    std::fs::write(out.join("config.json"), v4).unwrap();
+
     let ck = gstick_models::hf::HfCheckpoint::open(&out).unwrap();
     let hf_tok = gstick_models::tokenizer::tokenizer_from_hf(&ck).unwrap();
     for case in fixture("smollm2_tokenizer.json")["cases"]
