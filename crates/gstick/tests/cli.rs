@@ -255,6 +255,28 @@ fn language_model_commands() {
     assert_eq!(v["prompt_tokens"].as_u64(), Some(16), "{v}");
     assert_eq!(v["quantized_head"], "int8");
 
+    // GPTQ time, the llm-compressor baseline skipped.
+    let (ok, out, err) = gstick(&[
+        "bench",
+        "gptq",
+        "--model",
+        &model,
+        "--calib",
+        &text,
+        "--nsamples",
+        "1",
+        "--seqlen",
+        "64",
+        "--no-llm-compressor",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert!(v["gstick_seconds"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(
+        (v["bits"].as_u64(), v["group"].as_u64()),
+        (Some(4), Some(64))
+    );
+
     let (ok, _, err) = gstick(&[
         "eval",
         "ppl",

@@ -172,6 +172,7 @@ pub fn gptq(
     let mut loss = 0.0;
     let block = settings.block_size.max(1);
     let mut err_block = vec![0.0f64; rows * block];
+    let mut u_row = Vec::with_capacity(block);
     for i1 in (0..cols).step_by(block) {
         let i2 = (i1 + block).min(cols);
         for i in i1..i2 {
@@ -186,6 +187,10 @@ pub fn gptq(
                 }
             }
             let d = u[(i, i)];
+            // Row i of U within the block, contiguous (U is column-major), so the update below
+            // is a plain vector loop.
+            u_row.clear();
+            u_row.extend((i + 1..i2).map(|j| u[(i, j)]));
             for r in 0..rows {
                 let p = params[r * groups + group.map_or(0, |g| col / g)];
                 let x = work[r * cols + i];
@@ -195,8 +200,9 @@ pub fn gptq(
                 loss += e * e / 2.0;
                 err_block[r * block + (i - i1)] = e;
                 // Spread the error over the rest of this block now.
-                for j in i + 1..i2 {
-                    work[r * cols + j] -= e * u[(i, j)];
+                let rest = &mut work[r * cols + i + 1..r * cols + i2];
+                for (w, &uij) in rest.iter_mut().zip(&u_row) {
+                    *w -= e * uij;
                 }
             }
         }

@@ -73,7 +73,20 @@ pub fn qparams(min: f64, max: f64, (qmin, qmax): (i32, i32), symmetric: bool) ->
 
 /// q = clamp(round(x / scale + zp), qmin, qmax).
 pub fn quantize(x: f64, p: QParams, (qmin, qmax): (i32, i32)) -> i32 {
-    ((x / p.scale + p.zero_point).round_ties_even()).clamp(qmin as f64, qmax as f64) as i32
+    round_ties_even(x / p.scale + p.zero_point).clamp(qmin as f64, qmax as f64) as i32
+}
+
+/// `x.round_ties_even()` without the libm call it is on baseline x86-64 (no SSE4.1): adding
+/// 1.5 * 2^52 leaves no fraction bits, so the sum rounds to an integer, ties to even, and
+/// subtracting it back is exact for |x| < 2^51; larger values (and NaN) take the library call.
+#[inline(always)]
+fn round_ties_even(x: f64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    if x.abs() < 2_251_799_813_685_248.0 {
+        (x + MAGIC) - MAGIC
+    } else {
+        x.round_ties_even()
+    }
 }
 
 /// x ≈ (q - zp) * scale.
@@ -255,5 +268,35 @@ impl QuantizedWeight {
                 ) as f32
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::round_ties_even;
+
+    #[test]
+    fn rounding_equals_the_standard_library() {
+        let mut x = -3.0e6f64;
+        while x < 3.0e6 {
+            assert_eq!(round_ties_even(x), x.round_ties_even(), "{x}");
+            x += 0.25 + x.abs() * 1e-7;
+        }
+        let big = 2_251_799_813_685_248.5f64; // 2^51 + 0.5 (representable)
+        for x in [
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            -2.5,
+            big,
+            -big,
+            4.5e15,
+            1e300,
+            f64::INFINITY,
+        ] {
+            assert_eq!(round_ties_even(x), x.round_ties_even(), "{x}");
+        }
+        assert!(round_ties_even(f64::NAN).is_nan());
     }
 }

@@ -36,6 +36,8 @@ pub enum BenchKind {
     Decode(crate::cli::decode_bench::DecodeBenchArgs),
     /// Prompt processing (prefill) tokens/s, against llama.cpp in the same run when installed.
     Prefill(crate::cli::decode_bench::PrefillBenchArgs),
+    /// GPTQ pipeline seconds, against llm-compressor on the same windows when installed.
+    Gptq(crate::cli::gptq_bench::GptqBenchArgs),
     /// Perplexity throughput (tokens/s), against transformers in the same run when installed.
     Ppl(PplBenchArgs),
     /// Int8 and int4 deploy kernels against the f32 Linear path (GEMV and GEMM).
@@ -195,6 +197,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         Some(BenchKind::Forward(args)) => llm_memory(args, false),
         Some(BenchKind::Decode(args)) => crate::cli::decode_bench::decode(args),
         Some(BenchKind::Prefill(args)) => crate::cli::decode_bench::prefill(args),
+        Some(BenchKind::Gptq(args)) => crate::cli::gptq_bench::run(args),
         Some(BenchKind::Ppl(args)) => ppl(args),
         Some(BenchKind::Kernels(args)) => crate::cli::kernel_bench::run(args),
         Some(BenchKind::CnnInt8(args)) => crate::cli::cnn_bench::run(args),

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cnn_bench;
 pub mod datasets;
 pub mod decode_bench;
+pub mod gptq_bench;
 pub mod graph_cmd;
 pub mod kernel_bench;
 pub mod llm_cmd;
