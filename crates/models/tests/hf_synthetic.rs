@@ -156,7 +156,7 @@ fn broken_checkpoints_name_the_problem() {
     config["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
     let dir = write_checkpoint("yarn", &config, &tiny_tensors(false));
     assert!(
-        load_error(&dir.0).contains("\"yarn\""),
+        load_error(&dir.0).contains("RoPE type `yarn` is not supported"),
         "{}",
         load_error(&dir.0)
     );
