@@ -160,6 +160,27 @@ fn ppl(args: PplBenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Runs a baseline script (`python` names the interpreter in errors) and parses the JSON line
+/// it prints last. A failed run is reported as the last line of its stderr: Python's exception.
+pub fn python_json(cmd: &mut Command, python: &str) -> Result<serde_json::Value> {
+    let out = cmd.output().with_context(|| format!("running {python}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or("failed")
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    serde_json::from_str(last.trim()).with_context(|| format!("parsing {last:?} from {python}"))
+}
+
 /// The CPU's model name (from /proc/cpuinfo on Linux), for reports of speed ratios.
 pub fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -332,24 +353,15 @@ fn ours_images_per_s(data: &gstick_data::Dataset, batch: usize, steps: usize) ->
 
 fn torch_images_per_s(args: &BenchArgs) -> Result<f64> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/lenet5_torch.py");
-    let out = Command::new(&args.python)
-        .arg(&script)
-        .arg(args.batch_size.to_string())
-        .arg(args.steps.to_string())
-        .env("GSTICK_ASSETS", gstick_data::assets_dir())
-        .output()
-        .with_context(|| format!("running {}", args.python))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .last()
-            .unwrap_or("failed")
-    );
-    let line = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value =
-        serde_json::from_str(line.trim()).context("parsing the PyTorch result")?;
+    let v = python_json(
+        Command::new(&args.python)
+            .arg(&script)
+            .arg(args.batch_size.to_string())
+            .arg(args.steps.to_string())
+            .env("GSTICK_ASSETS", gstick_data::assets_dir()),
+        &args.python,
+    )
+    .context("the PyTorch baseline")?;
     v["images_per_s"]
         .as_f64()
         .context("no images_per_s in the PyTorch result")

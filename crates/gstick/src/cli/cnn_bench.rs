@@ -79,31 +79,23 @@ fn onnxruntime_ms(
     if root.join(".cache/pytools/.requirements").exists() {
         cmd.env("PYTHONPATH", root.join(".cache/pytools"));
     }
-    let out = cmd
-        .arg(root.join("bench/ort_cnn.py"))
-        .arg(model)
-        .arg(&images)
-        .args(
-            [
-                dims.0,
-                dims.1,
-                dims.2,
-                dims.3,
-                repeats,
-                gstick_nn::kernels::kernel_threads(),
-            ]
-            .map(|d| d.to_string()),
-        )
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .last()
-            .unwrap_or("failed")
-    );
-    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())?;
+    let v = crate::cli::bench::python_json(
+        cmd.arg(root.join("bench/ort_cnn.py"))
+            .arg(model)
+            .arg(&images)
+            .args(
+                [
+                    dims.0,
+                    dims.1,
+                    dims.2,
+                    dims.3,
+                    repeats,
+                    gstick_nn::kernels::kernel_threads(),
+                ]
+                .map(|d| d.to_string()),
+            ),
+        python,
+    )?;
     v["ms"]
         .as_f64()
         .ok_or_else(|| anyhow::anyhow!("no ms from ort_cnn.py"))

@@ -11,7 +11,7 @@ use clap::Args;
 use gstick_deploy::decoder::Decoder;
 use gstick_models::generate::{generate_with, GraphLm, Sampling, TokenLogits};
 
-use crate::cli::bench::cpu_name;
+use crate::cli::bench::{cpu_name, python_json};
 
 /// A 16-token prompt (SmolLM2's tokenizer), the length the decode comparison is specified at.
 const PROMPT: &str =
@@ -247,27 +247,17 @@ fn compare_with_llama_cpp(
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/llama_cpp_speed.py");
     let cache = gstick_data::assets_dir().join("llama-cpp");
     let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-    let out = Command::new(&args.python)
-        .arg(&script)
-        .arg(model)
-        .arg(&cache)
-        .arg(mode)
-        .arg(ids.join(","))
-        .arg(n.to_string())
-        .arg(gstick_nn::kernels::kernel_threads().to_string())
-        .output();
-    let parsed = match out {
-        Ok(out) if out.status.success() => {
-            serde_json::from_str::<serde_json::Value>(String::from_utf8_lossy(&out.stdout).trim())
-                .map_err(|e| e.to_string())
-        }
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .last()
-            .unwrap_or("failed")
-            .to_string()),
-        Err(e) => Err(format!("running {}: {e}", args.python)),
-    };
+    let parsed = python_json(
+        Command::new(&args.python)
+            .arg(&script)
+            .arg(model)
+            .arg(&cache)
+            .arg(mode)
+            .arg(ids.join(","))
+            .arg(n.to_string())
+            .arg(gstick_nn::kernels::kernel_threads().to_string()),
+        &args.python,
+    );
     match parsed {
         Ok(theirs) => {
             for w in ours {
@@ -283,7 +273,7 @@ fn compare_with_llama_cpp(
             }
             report["llama_cpp"] = theirs;
         }
-        Err(e) => eprintln!("llama.cpp baseline skipped: {e}"),
+        Err(e) => eprintln!("llama.cpp baseline skipped: {e:#}"),
     }
 }
 

@@ -12,7 +12,7 @@ use gstick::ptq::config::WeightAlgo;
 use gstick::ptq::PtqConfig;
 use gstick::{Calibration, Quantizer, Source};
 
-use crate::cli::bench::cpu_name;
+use crate::cli::bench::{cpu_name, python_json};
 
 #[derive(Args)]
 pub struct GptqBenchArgs {
@@ -90,26 +90,16 @@ fn llm_compressor_seconds(args: &GptqBenchArgs, windows: &[Vec<u32>]) -> Result<
         std::fs::write(&windows_path, serde_json::to_string(windows)?)?;
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/gptq_llmcompressor.py");
-        let out = Command::new(&args.python)
-            .arg(&script)
-            .arg(&hf)
-            .arg(&windows_path)
-            .arg(args.bits.to_string())
-            .arg(args.group.to_string())
-            .arg(gstick_nn::kernels::kernel_threads().to_string())
-            .output()
-            .with_context(|| format!("running {}", args.python))?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("failed")
-        );
-        let line = String::from_utf8_lossy(&out.stdout);
-        let last = line.lines().last().unwrap_or("");
-        serde_json::from_str(last).with_context(|| format!("parsing {last:?}"))
+        python_json(
+            Command::new(&args.python)
+                .arg(&script)
+                .arg(&hf)
+                .arg(&windows_path)
+                .arg(args.bits.to_string())
+                .arg(args.group.to_string())
+                .arg(gstick_nn::kernels::kernel_threads().to_string()),
+            &args.python,
+        )
     })();
     let _ = std::fs::remove_dir_all(&tmp);
     result
