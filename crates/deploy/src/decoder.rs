@@ -433,14 +433,11 @@ impl Decoder {
     /// The logits of the final hidden row held in `scratch.normed`.
     fn head_logits(&mut self) {
         let s = &mut self.scratch;
-        let kernels = self.kernels;
-        quantize_if(kernels, &[&self.head], &s.normed, &mut s.normed_q8);
-        s.logits.resize(self.head.rows, 0.0);
         products(
             &self.pool,
             self.kernels,
             &s.normed,
-            &s.normed_q8,
+            &mut s.normed_q8,
             &mut [(&self.head, &mut s.logits)],
         );
     }
@@ -469,20 +466,11 @@ impl Decoder {
         for layer in &self.layers {
             // Attention block.
             rms_norm(kernels.math, &layer.attn_norm, &s.hidden, &mut s.normed);
-            quantize_if(
-                kernels,
-                &[&layer.q, &layer.k, &layer.v],
-                &s.normed,
-                &mut s.normed_q8,
-            );
-            s.q.resize(layer.q.rows, 0.0);
-            s.k.resize(layer.k.rows, 0.0);
-            s.v.resize(layer.v.rows, 0.0);
             products(
                 pool,
                 kernels,
                 &s.normed,
-                &s.normed_q8,
+                &mut s.normed_q8,
                 &mut [
                     (&layer.q, &mut s.q),
                     (&layer.k, &mut s.k),
@@ -538,40 +526,29 @@ impl Decoder {
                 &mut s.scores,
                 &mut s.attn,
             );
-            quantize_if(kernels, &[&layer.o], &s.attn, &mut s.attn_q8);
-            s.proj.resize(hidden, 0.0);
             products(
                 pool,
                 kernels,
                 &s.attn,
-                &s.attn_q8,
+                &mut s.attn_q8,
                 &mut [(&layer.o, &mut s.proj)],
             );
             s.hidden.iter_mut().zip(&s.proj).for_each(|(h, p)| *h += p);
             // MLP block.
             rms_norm(kernels.math, &layer.mlp_norm, &s.hidden, &mut s.normed);
-            quantize_if(
-                kernels,
-                &[&layer.gate, &layer.up],
-                &s.normed,
-                &mut s.normed_q8,
-            );
-            s.gate.resize(layer.gate.rows, 0.0);
-            s.up.resize(layer.up.rows, 0.0);
             products(
                 pool,
                 kernels,
                 &s.normed,
-                &s.normed_q8,
+                &mut s.normed_q8,
                 &mut [(&layer.gate, &mut s.gate), (&layer.up, &mut s.up)],
             );
             vector_math::silu_mul(kernels.math, &mut s.gate, &s.up);
-            quantize_if(kernels, &[&layer.down], &s.gate, &mut s.act_q8);
             products(
                 pool,
                 kernels,
                 &s.gate,
-                &s.act_q8,
+                &mut s.act_q8,
                 &mut [(&layer.down, &mut s.proj)],
             );
             s.hidden.iter_mut().zip(&s.proj).for_each(|(h, p)| *h += p);
@@ -706,13 +683,6 @@ fn rms_norm(path: MathPath, n: &Norm, x: &[f32], out: &mut Vec<f32>) {
     vector_math::rms_norm_row(path, x, &n.weight, n.eps, out);
 }
 
-/// Quantizes `x` to int8 blocks when any of the products reads it that way.
-fn quantize_if(kernels: Kernels, consumers: &[&Matrix], x: &[f32], q8: &mut Q8Row) {
-    if consumers.iter().any(|m| m.wants_q8()) {
-        q8.quantize(x, kernels.digits);
-    }
-}
-
 /// A raw output pointer that threads write disjoint ranges of.
 struct Shared(*mut f32);
 // SAFETY: each thread writes only its own part (see `products` and `attend_one`).
@@ -726,13 +696,22 @@ impl Shared {
 }
 
 /// `out_i = W_i x` for every (W_i, out_i), the rows of each split evenly over the pool's threads.
+/// `x` is quantized into `xq` first when a packed weight reads it that way; each `out_i` is
+/// sized to its weight's rows.
 fn products(
     pool: &SpinPool,
     kernels: Kernels,
     x: &[f32],
-    xq: &Q8Row,
+    xq: &mut Q8Row,
     jobs: &mut [(&Matrix, &mut Vec<f32>)],
 ) {
+    if jobs.iter().any(|(m, _)| m.wants_q8()) {
+        xq.quantize(x, kernels.digits);
+    }
+    for (m, out) in jobs.iter_mut() {
+        out.resize(m.rows, 0.0);
+    }
+    let xq: &Q8Row = xq;
     let threads = pool.threads();
     let outs: Vec<(&Matrix, Shared, usize)> = jobs
         .iter_mut()
