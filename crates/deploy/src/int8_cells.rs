@@ -7,9 +7,13 @@ use gstick_nn::error::expect_inputs;
 use gstick_nn::kernels::for_each_chunk;
 use gstick_nn::{Cell, CellCtx};
 use gstick_quant::int8::im2col::{
-    im2col_hwc_u8, im2col_quads_u8, im2col_u8, reorder_to_taps, to_hwc, ConvShape,
+    im2col_hwc_u8, im2col_quads_u8, im2col_u8, pad_into_quads, reorder_to_taps, to_hwc, ConvShape,
+    InPlaceQuads,
 };
-use gstick_quant::int8::quads::{gemm_quads, quad_row_sums, QuadShape};
+use gstick_quant::int8::pair_table::PairTable;
+use gstick_quant::int8::quads::{
+    gemm_quads, gemm_quads_at, quad_row_sums, quad_row_sums_at, QuadShape,
+};
 use gstick_quant::int8::{gemm_u8i8, gemm_u8i8_strided, ActQuant, Int8Rows, IntIsa, Strides};
 
 /// Runs `f` on a quantized tensor's values, borrowed in place when they are contiguous (the
@@ -575,9 +579,11 @@ impl Int8Conv2d {
     }
 
     /// Every image: unfold, multiply (stored channel-major), then finish each channel's values.
-    /// With VNNI the image is unfolded into the quad layout, whose GEMM writes channel-major
-    /// sums directly; otherwise into row-major windows (channels-last for wide layers). One run
-    /// of images per thread; integer sums make the result independent of the split and path.
+    /// With VNNI the image is interleaved into padded planes of channel quads; a stride-1
+    /// convolution multiplies them in place ([`InPlaceQuads`]), others are unfolded into the quad
+    /// layout first; either GEMM writes channel-major sums directly. Without VNNI the image is
+    /// unfolded into row-major windows (channels-last for wide layers). One run of images per
+    /// thread; integer sums make the result independent of the split and path.
     fn images<T: Finish>(&self, x: &[u8], shape: &ConvShape) -> Vec<T> {
         let (oh, ow) = shape.out_hw();
         let positions = oh * ow;
@@ -590,6 +596,9 @@ impl Int8Conv2d {
         let offsets = self.weights.offset();
         let zp = self.input.zero_point;
         let quad = isa == IntIsa::Avx512Vnni;
+        let in_place = if quad { InPlaceQuads::new(shape) } else { None };
+        // Rows of the GEMM: the in-place layout has `pitch - ow` discarded rows per line.
+        let gemm_rows = in_place.as_ref().map_or(positions, |p| p.rows);
         let hwc = !quad && shape.channels >= HWC_MIN_CHANNELS;
         let weights = match (quad, hwc) {
             (true, _) => self.quad_rows(),
@@ -609,17 +618,45 @@ impl Int8Conv2d {
             let src_images =
                 &x[first * image_len..(first + dst_images.len() / out_len) * image_len];
             // Buffers allocated once per thread.
-            let mut unfolded =
-                Aligned::<u8>::zeroed(if quad { qshape.len() } else { positions * kp });
+            let mut unfolded = Aligned::<u8>::zeroed(match (quad, &in_place) {
+                (true, Some(_)) => 0,
+                (true, None) => qshape.len(),
+                (false, _) => positions * kp,
+            });
             let unfolded = unfolded.as_mut_slice();
             let mut scratch = Vec::new();
-            let mut acc = Aligned::<i32>::zeroed(positions * co);
+            let mut acc = Aligned::<i32>::zeroed(gemm_rows * co);
             let acc = acc.as_mut_slice();
-            let mut sums = vec![0i32; positions];
+            let mut sums = vec![0i32; gemm_rows];
+            let mut virtual_rows =
+                vec![T::default(); if in_place.is_some() { gemm_rows } else { 0 }];
             for (dst, image) in dst_images
                 .chunks_exact_mut(out_len)
                 .zip(src_images.chunks_exact(image_len))
             {
+                if let Some(p) = &in_place {
+                    pad_into_quads(image, shape, zp, p.tail, &mut scratch);
+                    gemm_quads_at(isa, &scratch, &p.bases, p.rows, weights, acc);
+                    if offsets {
+                        quad_row_sums_at(isa, &scratch, &p.bases, p.rows, &mut sums);
+                    }
+                    // Every virtual row is finished in one vector loop (lines are short), then
+                    // each output line is copied out, the border rows left behind.
+                    for ((ch, dst), acc) in channels
+                        .iter()
+                        .zip(dst.chunks_exact_mut(positions))
+                        .zip(acc.chunks_exact(p.rows))
+                    {
+                        T::finish(acc, &sums, ch, grid, &mut virtual_rows);
+                        for (line, src) in dst
+                            .chunks_exact_mut(ow)
+                            .zip(virtual_rows.chunks_exact(p.pitch))
+                        {
+                            line.copy_from_slice(&src[..ow]);
+                        }
+                    }
+                    continue;
+                }
                 if quad {
                     im2col_quads_u8(image, shape, zp, &mut scratch, unfolded);
                     gemm_quads(isa, unfolded, qshape, weights, acc);
@@ -801,22 +838,19 @@ pub struct Int8Add {
     pub out: Int8Out,
     /// Applied to the quantized sum (kept for export; computed through the table).
     pub then: Option<Requantize>,
-    /// `table[(u << 8) | v]`, for a quantized output.
-    table: Option<std::sync::Arc<[u8]>>,
+    /// The quantized output of every input pair.
+    table: Option<std::sync::Arc<PairTable>>,
 }
 
 impl Int8Add {
     pub fn new(a: ActQuant, b: ActQuant, out: Int8Out) -> Self {
         let table = match out {
             Int8Out::Float => None,
-            Int8Out::Quantized { quant, relu } => Some(
-                (0..=u16::MAX)
-                    .map(|i| {
-                        let (u, v) = ((i >> 8) as u8, i as u8);
-                        requantize(&quant, relu, a.dequantize(u) + b.dequantize(v))
-                    })
-                    .collect(),
-            ),
+            Int8Out::Quantized { quant, relu } => {
+                Some(std::sync::Arc::new(PairTable::from_fn(|u, v| {
+                    requantize(&quant, relu, a.dequantize(u) + b.dequantize(v))
+                })))
+            }
         };
         Int8Add {
             a,
@@ -834,8 +868,7 @@ impl Int8Add {
             return None;
         }
         let table = self.table.as_ref()?;
-        let composed: std::sync::Arc<[u8]> =
-            table.iter().map(|&u| next.table[u as usize]).collect();
+        let composed = std::sync::Arc::new(table.then(|u| next.table[u as usize]));
         Some(Int8Add {
             then: Some(next),
             table: Some(composed),
@@ -876,10 +909,15 @@ impl Cell for Int8Add {
         let (a, b) = (self.a, self.b);
         with_u8(&inputs[0], |x| {
             with_u8(&inputs[1], |y| match &self.table {
-                Some(table) => u8_tensor(
-                    zip_map(x, y, |u, v| table[((u as usize) << 8) | v as usize]),
-                    dims,
-                ),
+                Some(table) => {
+                    let isa = IntIsa::detect();
+                    let mut out = vec![0u8; x.len()];
+                    for_each_chunk(&mut out, ELEMENT_CHUNK, |i, dst| {
+                        let range = i * ELEMENT_CHUNK..i * ELEMENT_CHUNK + dst.len();
+                        table.apply(isa, &x[range.clone()], &y[range], dst);
+                    });
+                    u8_tensor(out, dims)
+                }
                 None => Ok(Tensor::from_vec(
                     zip_map(x, y, |u, v| a.dequantize(u) + b.dequantize(v)),
                     dims,

@@ -228,8 +228,12 @@ fn channels_last_unfolding_with_reordered_weights_gives_the_same_products() {
 
 #[test]
 fn the_quad_layout_gemm_equals_the_row_major_one_for_every_conv_geometry() {
-    use gstick_quant::int8::im2col::{im2col_quads_u8, reorder_to_taps};
-    use gstick_quant::int8::quads::{gemm_quads, quad_row_sums, QuadShape};
+    use gstick_quant::int8::im2col::{
+        im2col_quads_u8, pad_into_quads, reorder_to_taps, InPlaceQuads,
+    };
+    use gstick_quant::int8::quads::{
+        gemm_quads, gemm_quads_at, quad_row_sums, quad_row_sums_at, QuadShape,
+    };
     let zero_point = 7;
     // (channels, height, width, kernel, stride, padding, dilation, output channels): channel
     // counts below, at and past a quad; rows that are and are not whole 16-row blocks; 1 to 9
@@ -300,6 +304,37 @@ fn the_quad_layout_gemm_equals_the_row_major_one_for_every_conv_geometry() {
                         want[p * co + o],
                         "case {i} {isa:?} ({p}, {o})"
                     );
+                }
+            }
+        }
+        // Stride 1: the same sums read in place from the padded planes, at virtual rows
+        // oy * pitch + ox.
+        let Some(in_place) = InPlaceQuads::new(&s) else {
+            assert_ne!(st, 1, "case {i}: stride 1 has an in-place layout");
+            continue;
+        };
+        let mut planes = Vec::new();
+        pad_into_quads(&image, &s, zero_point, in_place.tail, &mut planes);
+        let rows = in_place.rows;
+        for isa in [IntIsa::Avx512Vnni, IntIsa::Portable] {
+            if !isa.supported() {
+                continue;
+            }
+            let mut got = vec![-1i32; rows * co];
+            gemm_quads_at(isa, &planes, &in_place.bases, rows, &quad_rows, &mut got);
+            let mut sums = vec![-1i32; rows];
+            quad_row_sums_at(isa, &planes, &in_place.bases, rows, &mut sums);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (p, r) = (oy * ow + ox, oy * in_place.pitch + ox);
+                    assert_eq!(sums[r], want_sums[p], "case {i} {isa:?} in place: sum {p}");
+                    for o in 0..co {
+                        assert_eq!(
+                            got[o * rows + r],
+                            want[p * co + o],
+                            "case {i} {isa:?} in place ({p}, {o})"
+                        );
+                    }
                 }
             }
         }

@@ -71,12 +71,14 @@ unsafe fn block<const MR: usize, const NR: usize>(
 /// channels keep 16 accumulators in registers; each step loads two row vectors and broadcasts
 /// eight weight quads.
 ///
+/// Group g of row i is the quad at `bases[g] + i`.
+///
 /// # Safety
-/// As [`gemm`], with `a` holding `shape.len()` bytes, `b.k_padded >= 4 * shape.groups()` and `out`
-/// `b.rows * shape.m` values.
+/// As [`gemm`], with every group's rows up to `m` rounded up to 16 inside `a`,
+/// `b.k_padded >= 4 * bases.len()` and `out` holding `b.rows * m` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn gemm_quads(a: &[u8], shape: super::quads::QuadShape, b: &Int8Rows, out: &mut [i32]) {
-    let (m, mp, n) = (shape.m, shape.m_padded(), b.rows);
+pub unsafe fn gemm_quads(a: &[u8], bases: &[usize], m: usize, b: &Int8Rows, out: &mut [i32]) {
+    let n = b.rows;
     let mut i = 0;
     while i < m {
         let pair = m - i > 16;
@@ -84,12 +86,12 @@ pub unsafe fn gemm_quads(a: &[u8], shape: super::quads::QuadShape, b: &Int8Rows,
         while j < n {
             let nr = (n - j).min(8);
             match (pair, nr) {
-                (true, 8) => quad_tile::<2, 8>(a, shape, mp, b, i, j, out),
-                (false, 8) => quad_tile::<1, 8>(a, shape, mp, b, i, j, out),
-                (true, 4..) => quad_tile::<2, 4>(a, shape, mp, b, i, j, out),
-                (false, 4..) => quad_tile::<1, 4>(a, shape, mp, b, i, j, out),
-                (true, _) => quad_tile::<2, 1>(a, shape, mp, b, i, j, out),
-                (false, _) => quad_tile::<1, 1>(a, shape, mp, b, i, j, out),
+                (true, 8) => quad_tile::<2, 8>(a, bases, m, b, i, j, out),
+                (false, 8) => quad_tile::<1, 8>(a, bases, m, b, i, j, out),
+                (true, 4..) => quad_tile::<2, 4>(a, bases, m, b, i, j, out),
+                (false, 4..) => quad_tile::<1, 4>(a, bases, m, b, i, j, out),
+                (true, _) => quad_tile::<2, 1>(a, bases, m, b, i, j, out),
+                (false, _) => quad_tile::<1, 1>(a, bases, m, b, i, j, out),
             }
             j += match nr {
                 8 => 8,
@@ -104,20 +106,19 @@ pub unsafe fn gemm_quads(a: &[u8], shape: super::quads::QuadShape, b: &Int8Rows,
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn quad_tile<const MV: usize, const NR: usize>(
     a: &[u8],
-    shape: super::quads::QuadShape,
-    mp: usize,
+    bases: &[usize],
+    m: usize,
     b: &Int8Rows,
     i: usize,
     j: usize,
     out: &mut [i32],
 ) {
-    let m = shape.m;
     let mut acc = [[_mm512_setzero_si512(); MV]; NR];
     let (ap, bp) = (a.as_ptr(), b.data.as_ptr());
-    for g in 0..shape.groups() {
+    for (g, &base) in bases.iter().enumerate() {
         let mut av = [_mm512_setzero_si512(); MV];
         for v in 0..MV {
-            av[v] = _mm512_loadu_si512(ap.add((g * mp + i + 16 * v) * 4) as *const _);
+            av[v] = _mm512_loadu_si512(ap.add((base + i + 16 * v) * 4) as *const _);
         }
         for jj in 0..NR {
             let w = (bp.add((j + jj) * b.k_padded + 4 * g) as *const i32).read_unaligned();
@@ -144,16 +145,15 @@ unsafe fn quad_tile<const MV: usize, const NR: usize>(
 /// Each row's byte sum over the quad layout: `vpdpbusd` of 16 rows' quads with all-ones bytes.
 ///
 /// # Safety
-/// As [`gemm_quads`], with `quads` holding `shape.len()` bytes and `sums` at least `shape.m`.
+/// As [`gemm_quads`], with `sums` holding at least `m` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn quad_row_sums(quads: &[u8], shape: super::quads::QuadShape, sums: &mut [i32]) {
-    let (m, mp) = (shape.m, shape.m_padded());
+pub unsafe fn quad_row_sums(quads: &[u8], bases: &[usize], m: usize, sums: &mut [i32]) {
     let ones = _mm512_set1_epi8(1);
     let mut i = 0;
     while i < m {
         let mut acc = _mm512_setzero_si512();
-        for g in 0..shape.groups() {
-            let v = _mm512_loadu_si512(quads.as_ptr().add((g * mp + i) * 4) as *const _);
+        for &base in bases {
+            let v = _mm512_loadu_si512(quads.as_ptr().add((base + i) * 4) as *const _);
             acc = _mm512_dpbusd_epi32(acc, v, ones);
         }
         let left = m - i;

@@ -180,11 +180,10 @@ fn unfold_taps(
 
 /// The quad layout of [`super::quads`] straight from a channels-first image, with windows in the
 /// (ky, kx, channel) order of [`reorder_to_taps`] and each tap's channels padded to a multiple of
-/// 4 (`QuadShape::k` is `kh * kw * 4 * channels.div_ceil(4)`). The image is first interleaved once
-/// into `scratch` as padded planes of 4-channel quads (the zero point around the image, 0 in the
-/// padding channels, which meet zero weights and must not add to the activation sums); every
-/// tap's group row is then one run of that copy (a plain copy at stride 1), so no position needs
-/// a border check. Padding rows are not written (their sums are never stored).
+/// 4 (`QuadShape::k` is `kh * kw * 4 * channels.div_ceil(4)`): the image goes through
+/// [`pad_into_quads`] once, and every tap's group row is then one run of that copy (a plain copy
+/// at stride 1), so no position needs a border check. Padding rows are not written (their sums
+/// are never stored).
 pub fn im2col_quads_u8(
     image: &[u8],
     s: &ConvShape,
@@ -198,34 +197,8 @@ pub fn im2col_quads_u8(
         m: oh * ow,
         k: s.kernel_h * s.kernel_w * cq * 4,
     };
-    let (mp, plane) = (shape.m_padded(), s.height * s.width);
-    let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
-    scratch.clear();
-    scratch.resize(cq * ph * pw * 4, zero_point);
-    let real = s.channels - 4 * (cq - 1);
-    if real < 4 {
-        // The last quad's padding channels hold 0 everywhere.
-        let last = &mut scratch[(cq - 1) * ph * pw * 4..];
-        for quad in last.chunks_exact_mut(4) {
-            quad[real..].fill(0);
-        }
-    }
-    let zeros = vec![0u8; s.width];
-    for q in 0..cq {
-        for y in 0..s.height {
-            let line = |b: usize| match 4 * q + b {
-                c if c < s.channels => {
-                    &image[c * plane + y * s.width..c * plane + (y + 1) * s.width]
-                }
-                _ => zeros.as_slice(),
-            };
-            let at = ((q * ph + y + s.padding) * pw + s.padding) * 4;
-            interleave4(
-                &mut scratch[at..at + s.width * 4],
-                [line(0), line(1), line(2), line(3)],
-            );
-        }
-    }
+    let mp = shape.m_padded();
+    let (ph, pw) = pad_into_quads(image, s, zero_point, 0, scratch);
     let (st, d) = (s.stride, s.dilation);
     for ky in 0..s.kernel_h {
         for kx in 0..s.kernel_w {
@@ -246,6 +219,98 @@ pub fn im2col_quads_u8(
                 }
             }
         }
+    }
+}
+
+/// Interleaves a channels-first image into `scratch` as padded planes of 4-channel quads: plane
+/// q holds channels 4q..4q+3 of every position of the (height + 2 padding) x (width + 2 padding)
+/// padded image, the zero point around the image and 0 in the padding channels (which meet zero
+/// weights and must not add to the activation sums). `tail` more quads of zero point follow the
+/// last plane. Returns the padded height and width.
+pub fn pad_into_quads(
+    image: &[u8],
+    s: &ConvShape,
+    zero_point: u8,
+    tail: usize,
+    scratch: &mut Vec<u8>,
+) -> (usize, usize) {
+    let cq = s.channels.div_ceil(4);
+    let plane = s.height * s.width;
+    let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
+    scratch.clear();
+    scratch.resize((cq * ph * pw + tail) * 4, zero_point);
+    let real = s.channels - 4 * (cq - 1);
+    if real < 4 {
+        // The last quad's padding channels hold 0 everywhere.
+        let last = &mut scratch[(cq - 1) * ph * pw * 4..cq * ph * pw * 4];
+        for quad in last.chunks_exact_mut(4) {
+            quad[real..].fill(0);
+        }
+    }
+    let zeros = vec![0u8; s.width];
+    for q in 0..cq {
+        for y in 0..s.height {
+            let line = |b: usize| match 4 * q + b {
+                c if c < s.channels => {
+                    &image[c * plane + y * s.width..c * plane + (y + 1) * s.width]
+                }
+                _ => zeros.as_slice(),
+            };
+            let at = ((q * ph + y + s.padding) * pw + s.padding) * 4;
+            interleave4(
+                &mut scratch[at..at + s.width * 4],
+                [line(0), line(1), line(2), line(3)],
+            );
+        }
+    }
+    (ph, pw)
+}
+
+/// A stride-1 convolution read in place from [`pad_into_quads`]'s planes, with no unfolded copy.
+/// Output position (oy, ox) is computed as virtual row `oy * pitch + ox`: the rows of every
+/// padded-image line, the last `pitch - ow` of which fall on the border and are discarded. Tap
+/// group g = ((ky * kw + kx) * quads + q) of virtual row r is then the quad at `bases[g] + r` of
+/// the planes, so each group is one contiguous run, as in [`super::quads`]'s layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InPlaceQuads {
+    /// Where each tap group's rows start, in quads.
+    pub bases: Vec<usize>,
+    /// Virtual rows per output line (the padded width).
+    pub pitch: usize,
+    /// Virtual rows in all (`oh * pitch`).
+    pub rows: usize,
+    /// Quads of zero point [`pad_into_quads`] must add after the planes, so that the last
+    /// group's padded row block stays inside the scratch.
+    pub tail: usize,
+}
+
+impl InPlaceQuads {
+    /// The layout of `s`, or `None` when the stride is not 1.
+    pub fn new(s: &ConvShape) -> Option<InPlaceQuads> {
+        if s.stride != 1 {
+            return None;
+        }
+        let (oh, _) = s.out_hw();
+        let cq = s.channels.div_ceil(4);
+        let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
+        let d = s.dilation;
+        let mut bases = Vec::with_capacity(s.kernel_h * s.kernel_w * cq);
+        for ky in 0..s.kernel_h {
+            for kx in 0..s.kernel_w {
+                for q in 0..cq {
+                    bases.push((q * ph + ky * d) * pw + kx * d);
+                }
+            }
+        }
+        let rows = oh * pw;
+        let padded_rows = rows.div_ceil(super::quads::ROW_BLOCK).max(1) * super::quads::ROW_BLOCK;
+        let end = bases.iter().map(|b| b + padded_rows).max().unwrap_or(0);
+        Some(InPlaceQuads {
+            bases,
+            pitch: pw,
+            rows,
+            tail: end.saturating_sub(cq * ph * pw),
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 mod avx2;
 mod avx512vnni;
 pub mod im2col;
+pub mod pair_table;
 pub mod quads;
 
 /// Columns of both operands are padded with zeros to a multiple of this (one AVX-512 register
