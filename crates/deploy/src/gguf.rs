@@ -9,6 +9,7 @@ use gstick_models::llama::{gguf_name, gguf_row, GgufWeights, LlamaConfig, Weight
 use gstick_quant::kernels::PackedWeight;
 use gstick_quant::GgmlType;
 
+use crate::install::DeployWeight;
 use crate::load::PackedReader;
 use crate::{load_error, Result};
 
@@ -29,7 +30,7 @@ impl PackedReader for GgufReader<'_> {
         Ok(self.weights.config.clone())
     }
 
-    fn packed(&mut self, name: &str, shape: &[usize]) -> Result<Option<(PackedWeight, String)>> {
+    fn packed(&mut self, name: &str, shape: &[usize]) -> Result<Option<(DeployWeight, String)>> {
         let (&[rows, cols], true) = (shape, name.starts_with("model.layers.")) else {
             return Ok(None);
         };
@@ -56,7 +57,10 @@ impl PackedReader for GgufReader<'_> {
         let packed =
             PackedWeight::from_ggml(info.ty, gguf.tensor_bytes(&gname)?, rows, cols, source_row)
                 .map_err(|e| load_error(gguf.path(), format!("`{gname}`: {e}")))?;
-        Ok(Some((packed, info.ty.name().to_string())))
+        Ok(Some((
+            DeployWeight::Packed(packed),
+            info.ty.name().to_string(),
+        )))
     }
 
     fn float(&mut self, name: &str, shape: &[usize]) -> gstick_models::Result<Tensor> {

@@ -11,6 +11,7 @@ use gstick_quant::kernels::PackedWeight;
 use gstick_quant::{Granularity, QuantizedWeight};
 use safetensors::Dtype;
 
+use crate::install::DeployWeight;
 use crate::load::PackedReader;
 use crate::{load_error, Result};
 
@@ -106,12 +107,15 @@ impl PackedReader for GptqReader {
         Ok(LlamaConfig::from_hf(&self.ck)?)
     }
 
-    fn packed(&mut self, name: &str, shape: &[usize]) -> Result<Option<(PackedWeight, String)>> {
+    fn packed(&mut self, name: &str, shape: &[usize]) -> Result<Option<(DeployWeight, String)>> {
         let stem = name.strip_suffix(".weight").unwrap_or(name);
         match shape {
             &[rows, cols] if self.ck.has(&format!("{stem}.qweight")) => {
                 let q = self.read(stem, rows, cols)?;
-                Ok(Some((PackedWeight::from_quantized(&q), label(&q))))
+                Ok(Some((
+                    DeployWeight::Packed(PackedWeight::from_quantized(&q)),
+                    label(&q),
+                )))
             }
             _ => Ok(None),
         }

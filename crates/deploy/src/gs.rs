@@ -1,5 +1,6 @@
 //! Reading a Golden Stick directory (`formats::gs` tensors, per-layer settings in
-//! `config.json`'s `quantization_config.layers`) onto the kernels.
+//! `config.json`'s `quantization_config.layers`) onto the kernels: weight-only layers as
+//! `PackedLinear`s, layers whose settings name an `activation` quantization as `A8W8Linear`s.
 
 use std::path::Path;
 
@@ -8,9 +9,11 @@ use gstick_models::hf::HfCheckpoint;
 use gstick_models::llama::{LlamaConfig, WeightSource};
 use gstick_quant::formats::gs::{decode, GsTensors};
 use gstick_quant::kernels::PackedWeight;
-use gstick_quant::{Granularity, QuantizedWeight, WeightScheme};
+use gstick_quant::{ActivationQuant, Granularity, QuantizedWeight, WeightScheme};
 use safetensors::Dtype;
 
+use crate::a8w8_linear::A8W8Linear;
+use crate::install::DeployWeight;
 use crate::load::PackedReader;
 use crate::{load_error, Result};
 
@@ -98,12 +101,26 @@ pub fn read_weight(
     decode(rows, cols, scheme, &tensors).map_err(|e| bad(e.to_string()))
 }
 
+/// The layer's activation quantization from its settings (`"activation"`, absent for
+/// weight-only layers); an unknown value is refused, naming it.
+fn activation(spec: &serde_json::Value) -> std::result::Result<Option<ActivationQuant>, String> {
+    match &spec["activation"] {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(name) => {
+            ActivationQuant::from_name(name).map(Some).ok_or_else(|| {
+                format!("activation quantization `{name}` is not supported (dynamic_per_token is)")
+            })
+        }
+        other => Err(format!("`activation` is {other}, a string expected")),
+    }
+}
+
 impl PackedReader for GsReader {
     fn config(&self) -> Result<LlamaConfig> {
         Ok(LlamaConfig::from_hf(&self.ck)?)
     }
 
-    fn packed(&mut self, name: &str, shape: &[usize]) -> Result<Option<(PackedWeight, String)>> {
+    fn packed(&mut self, name: &str, shape: &[usize]) -> Result<Option<(DeployWeight, String)>> {
         let stem = name.strip_suffix(".weight").unwrap_or(name);
         let (Some(spec), true, &[rows, cols]) =
             (self.layers.get(stem), name.ends_with(".weight"), shape)
@@ -111,10 +128,21 @@ impl PackedReader for GsReader {
             return Ok(None);
         };
         let q = read_weight(&self.ck, stem, spec, rows, cols)?;
-        Ok(Some((
-            PackedWeight::from_quantized(&q),
-            crate::gptq::label(&q),
-        )))
+        let weight_label = crate::gptq::label(&q);
+        match activation(spec).map_err(|m| load_error(self.ck.dir(), format!("`{stem}`: {m}")))? {
+            None => Ok(Some((
+                DeployWeight::Packed(PackedWeight::from_quantized(&q)),
+                weight_label,
+            ))),
+            Some(ActivationQuant::DynamicPerToken) => {
+                let w = A8W8Linear::weight_from(&q)
+                    .map_err(|m| load_error(self.ck.dir(), format!("`{stem}`: {m}")))?;
+                Ok(Some((
+                    DeployWeight::A8W8(w),
+                    format!("{weight_label}-A8-per_token"),
+                )))
+            }
+        }
     }
 
     fn float(&mut self, name: &str, shape: &[usize]) -> gstick_models::Result<Tensor> {

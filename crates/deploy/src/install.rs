@@ -1,5 +1,6 @@
-//! Installing packed weights: every named Linear of a network becomes a `PackedLinear` that
-//! keeps its bias, through one Rewrite transaction.
+//! Installing quantized weights: every named Linear of a network becomes a `PackedLinear`
+//! (weight-only) or an `A8W8Linear` (int8 activations too) that keeps its bias, through one
+//! Rewrite transaction.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,10 +9,37 @@ use candle_core::{Device, Tensor};
 use gstick_nn::cell::downcast;
 use gstick_nn::cells::Linear;
 use gstick_nn::{named_params, Cell, Network};
+use gstick_quant::int8::a8w8::A8W8Weight;
 use gstick_quant::kernels::PackedWeight;
-use gstick_quant::QuantizedModel;
+use gstick_quant::{ActivationQuant, QuantizedModel};
 
+use crate::a8w8_linear::A8W8Linear;
 use crate::packed_linear::PackedLinear;
+
+/// A Linear's weight in the form a deploy cell computes with.
+#[derive(Clone, Debug)]
+pub enum DeployWeight {
+    /// Int8 or int4 weights, float activations: a `PackedLinear`.
+    Packed(PackedWeight),
+    /// Int8 weights, int8 per-token activations: an `A8W8Linear`.
+    A8W8(A8W8Weight),
+}
+
+impl DeployWeight {
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            DeployWeight::Packed(w) => (w.rows, w.cols),
+            DeployWeight::A8W8(w) => (w.rows, w.cols),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            DeployWeight::Packed(w) => w.bytes(),
+            DeployWeight::A8W8(w) => w.bytes(),
+        }
+    }
+}
 use crate::{Error, Result};
 
 /// What an install changed.
@@ -28,7 +56,19 @@ pub struct DeployReport {
 /// that name and shape is an error and leaves the network as it was.
 pub fn install_packed(
     net: &mut Network,
-    mut packed: BTreeMap<String, (PackedWeight, String)>,
+    packed: BTreeMap<String, (PackedWeight, String)>,
+) -> Result<DeployReport> {
+    let weights = packed
+        .into_iter()
+        .map(|(name, (w, label))| (name, (DeployWeight::Packed(w), label)))
+        .collect();
+    install_linears(net, weights)
+}
+
+/// [`install_packed`] for weights of either deploy form.
+pub fn install_linears(
+    net: &mut Network,
+    mut packed: BTreeMap<String, (DeployWeight, String)>,
 ) -> Result<DeployReport> {
     let mut report = DeployReport::default();
     net.transaction(|g| {
@@ -40,25 +80,33 @@ pub fn install_packed(
                 return Ok(None);
             };
             let (rows, cols) = (linear.out_features(), linear.in_features());
+            let (w_rows, w_cols) = weight.shape();
             // A skeleton built for deploy holds a placeholder weight; only a real one is checked.
             let placeholder = linear.weight.tensor().elem_count() == 1;
-            if !placeholder && (rows, cols) != (weight.rows, weight.cols) {
+            if !placeholder && (rows, cols) != (w_rows, w_cols) {
                 return Err(Error::Layer {
                     layer: site.qualified.to_string(),
                     message: format!(
-                        "the quantized weight is {}x{}, the Linear {rows}x{cols}",
-                        weight.rows, weight.cols
+                        "the quantized weight is {w_rows}x{w_cols}, the Linear {rows}x{cols}"
                     ),
                 });
             }
             report.layers += 1;
-            report.f32_bytes += 4 * weight.rows * weight.cols;
+            report.f32_bytes += 4 * w_rows * w_cols;
             report.packed_bytes += weight.bytes();
-            Ok(Some(Box::new(PackedLinear {
-                packed: Arc::new(weight),
-                bias: linear.bias.clone(),
-                label,
-            }) as Box<dyn Cell>))
+            let bias = linear.bias.clone();
+            Ok(Some(match weight {
+                DeployWeight::Packed(w) => Box::new(PackedLinear {
+                    packed: Arc::new(w),
+                    bias,
+                    label,
+                }) as Box<dyn Cell>,
+                DeployWeight::A8W8(w) => Box::new(A8W8Linear {
+                    weight: Arc::new(w),
+                    bias,
+                    label,
+                }),
+            }))
         })?;
         match packed.keys().next() {
             Some(missing) => Err(Error::Layer {
@@ -90,17 +138,22 @@ pub fn install(net: &mut Network, model: &QuantizedModel) -> Result<DeployReport
             overrides.push((p, t));
         }
     }
-    let packed = model
-        .linears
-        .iter()
-        .map(|(name, l)| {
-            (
-                name.clone(),
-                (PackedWeight::from_quantized(&l.weight), l.label.clone()),
-            )
-        })
-        .collect();
-    let report = install_packed(net, packed)?;
+    let mut weights = BTreeMap::new();
+    for (name, l) in &model.linears {
+        let w = match l.activation {
+            None => DeployWeight::Packed(PackedWeight::from_quantized(&l.weight)),
+            Some(ActivationQuant::DynamicPerToken) => {
+                DeployWeight::A8W8(A8W8Linear::weight_from(&l.weight).map_err(|message| {
+                    Error::Layer {
+                        layer: name.clone(),
+                        message,
+                    }
+                })?)
+            }
+        };
+        weights.insert(name.clone(), (w, l.label.clone()));
+    }
+    let report = install_linears(net, weights)?;
     for (p, t) in overrides {
         p.set(&Tensor::from_slice(
             &t.values,

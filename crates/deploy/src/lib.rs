@@ -6,12 +6,14 @@
 //! - [`decoder`]: batch-1 decoding of a Llama-family network without the executor, with
 //!   spinning threads and int8 activations against packed weights.
 //! - [`packed_linear`]: the Linear on packed int8/int4 weights (`PackedLinear`).
+//! - [`a8w8_linear`]: the Linear with int8 weights and int8 per-token activations.
 //! - [`int8_cells`]: the int8 CNN cells that `qat`'s convert produces.
 //! - [`install`]: puts packed Linears into a network by name (all or nothing).
 //! - [`load`]: reads a model path (GGUF file, float or quantized Hugging Face directory) into a
 //!   runnable network, quantized Linears on the kernels; [`gs`], [`gptq`] and [`gguf`] read
 //!   each format's quantized tensors.
 
+pub mod a8w8_linear;
 pub mod decoder;
 pub mod gguf;
 pub mod gptq;
@@ -21,7 +23,8 @@ pub mod int8_cells;
 pub mod load;
 pub mod packed_linear;
 
-pub use install::{install, install_packed, DeployReport};
+pub use a8w8_linear::A8W8Linear;
+pub use install::{install, install_linears, install_packed, DeployReport, DeployWeight};
 pub use load::{load, load_gguf_on_kernels, quantized_format, Lm};
 pub use packed_linear::PackedLinear;
 

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::install::{install_linears, DeployReport, DeployWeight};
+use crate::{load_error, Result};
 use candle_core::{DType, Device, Tensor};
 use gstick_models::gguf::Gguf;
 use gstick_models::hf::HfCheckpoint;
@@ -15,10 +17,6 @@ use gstick_models::llama::{
 };
 use gstick_models::tokenizer::{tokenizer_from_gguf, tokenizer_from_hf, TextTokenizer};
 use gstick_nn::Network;
-use gstick_quant::kernels::PackedWeight;
-
-use crate::install::{install_packed, DeployReport};
-use crate::{load_error, Result};
 
 /// A causal LM ready to run, with its tokenizer.
 pub struct Lm {
@@ -106,9 +104,9 @@ pub fn quantized_format(dir: &Path) -> Result<Option<&'static str>> {
 pub(crate) trait PackedReader {
     /// The model's configuration.
     fn config(&self) -> Result<LlamaConfig>;
-    /// The packed weight and its label for tensor `name` (`….weight`) of `shape`, or `None`
+    /// The deploy weight and its label for tensor `name` (`….weight`) of `shape`, or `None`
     /// when the tensor is stored in float.
-    fn packed(&mut self, name: &str, shape: &[usize]) -> Result<Option<(PackedWeight, String)>>;
+    fn packed(&mut self, name: &str, shape: &[usize]) -> Result<Option<(DeployWeight, String)>>;
     /// A float tensor.
     fn float(&mut self, name: &str, shape: &[usize]) -> gstick_models::Result<Tensor>;
     /// Where the checkpoint lives, for error messages.
@@ -119,7 +117,7 @@ pub(crate) trait PackedReader {
 /// goes into the graph) and float tensors are read as they are.
 struct Skeleton<'r> {
     reader: &'r mut dyn PackedReader,
-    packed: BTreeMap<String, (PackedWeight, String)>,
+    packed: BTreeMap<String, (DeployWeight, String)>,
 }
 
 impl WeightSource for Skeleton<'_> {
@@ -153,6 +151,6 @@ pub(crate) fn on_kernels(
     };
     let mut net = build_llama(&config, &mut skeleton)?;
     let packed = std::mem::take(&mut skeleton.packed);
-    let report = install_packed(&mut net, packed)?;
+    let report = install_linears(&mut net, packed)?;
     Ok((net, config, Some(report)))
 }

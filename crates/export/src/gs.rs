@@ -9,16 +9,19 @@ use std::path::Path;
 
 use gstick_models::llama::tensor_specs;
 use gstick_quant::formats::gs::encode;
-use gstick_quant::{Granularity, QuantizedModel, QuantizedWeight};
+use gstick_quant::{ActivationQuant, Granularity, QuantizedModel, QuantizedWeight};
 use safetensors::Dtype;
 use serde_json::json;
 
 use crate::tensors::{write_model_safetensors, OwnedTensor};
 use crate::{export_error, write_config_and_tokenizer, ExportReport, Result, Source};
 
-/// The type string of the description file (`W4A16`).
-fn quant_type(q: &QuantizedWeight) -> String {
-    format!("W{}A16", q.scheme.bits)
+/// The type string of the description file (`W4A16`, `W8A8_DYNAMIC`).
+fn quant_type(q: &QuantizedWeight, activation: Option<ActivationQuant>) -> String {
+    match activation {
+        None => format!("W{}A16", q.scheme.bits),
+        Some(ActivationQuant::DynamicPerToken) => format!("W{}A8_DYNAMIC", q.scheme.bits),
+    }
 }
 
 /// Writes the model: quantized Linears from `model`, every other tensor from the source (or the
@@ -33,7 +36,8 @@ pub fn write_gs(model: &QuantizedModel, src: &mut Source, out: &Path) -> Result<
         let mut types = BTreeSet::new();
         let floats = write_model_safetensors(model, weights, specs, dir, |name, w| {
             let stem = name.strip_suffix(".weight").unwrap_or(name);
-            let t = quant_type(w);
+            let activation = model.linears.get(stem).and_then(|l| l.activation);
+            let t = quant_type(w, activation);
             types.insert(t.clone());
             let g = encode(w).map_err(|e| export_error(dir, format!("`{name}`: {e}")))?;
             let weight = OwnedTensor {
@@ -48,11 +52,12 @@ pub fn write_gs(model: &QuantizedModel, src: &mut Source, out: &Path) -> Result<
                 Granularity::PerGroup(g) => g,
                 _ => 0,
             };
-            layers.insert(
-                stem.to_string(),
-                json!({"bits": w.scheme.bits, "group_size": group,
-                       "symmetric": w.scheme.symmetric, "narrow_range": w.scheme.narrow}),
-            );
+            let mut layer = json!({"bits": w.scheme.bits, "group_size": group,
+                       "symmetric": w.scheme.symmetric, "narrow_range": w.scheme.narrow});
+            if let Some(a) = activation {
+                layer["activation"] = a.name().into();
+            }
+            layers.insert(stem.to_string(), layer);
             Ok(vec![
                 (name.to_string(), weight),
                 (
@@ -86,6 +91,7 @@ pub fn write_gs(model: &QuantizedModel, src: &mut Source, out: &Path) -> Result<
             "model_quant_type": model_type,
             "dequantize": "w = (weight - weight_offset) * weight_scale, per output row and group of input columns",
             "int4_packing": "two values per byte along the input axis, element 2j in the low nibble",
+            "activation": "a layer with activation dynamic_per_token quantizes each input row to int8 at run time: scale = max|x| / 127, q = round(x / scale), ties to even",
             "layers": layers,
         });
         write_config_and_tokenizer(dir, cfg, tokenizer)?;

@@ -88,6 +88,23 @@ pub fn save(
     format: Format,
     out: &Path,
 ) -> Result<ExportReport> {
+    // GGUF and the GPTQ format have no way to say that a layer's input is quantized; writing
+    // the weights alone would hand over a different kind of model than was made.
+    if let (Format::Gptq | Format::Gguf, Some((layer, a))) =
+        (format, model.first_activation_quantized())
+    {
+        return Err(export_error(
+            out,
+            format!(
+                "`{layer}` quantizes its input ({}), which the {} format cannot express; use the gs format",
+                a.name(),
+                match format {
+                    Format::Gguf => "GGUF",
+                    _ => "Hugging Face GPTQ",
+                }
+            ),
+        ));
+    }
     match format {
         Format::Gs => gs::write_gs(model, source, out),
         Format::Gptq => hf_gptq::write_gptq(model, source, out),

@@ -461,7 +461,7 @@ fn quantize_refuses_what_is_not_implemented_and_writes_nothing() {
         (
             "smooth.yaml",
             "outliers_suppression: smooth\nact_quant_dtype: int8\n",
-            "outliers_suppression",
+            "act_quant_granularity",
         ),
         ("kv.yaml", "kvcache_quant_dtype: int8\n", "kvcache_quant_dtype"),
         (

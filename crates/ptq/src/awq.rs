@@ -53,20 +53,7 @@ pub fn search_layer(
     policy_of: &dyn Fn(&str) -> Option<PtqConfig>,
 ) -> Result<SearchOutcome> {
     let mut outcome = SearchOutcome::default();
-    // Groups of Linears sharing one input, in the layer's execution order (q/k/v, o, gate/up,
-    // down). The order matters: a group's scale is folded into its producer, which may be a
-    // Linear of an earlier group (down's scale goes into up's rows).
-    let mut groups: Vec<(*const InputStats, Vec<String>)> = Vec::new();
-    for (_, node) in layer.nodes() {
-        let Some(s) = stats.get(node.name()) else {
-            continue;
-        };
-        match groups.iter_mut().find(|(p, _)| *p == Arc::as_ptr(s)) {
-            Some((_, names)) => names.push(node.name().to_string()),
-            None => groups.push((Arc::as_ptr(s), vec![node.name().to_string()])),
-        }
-    }
-    for (_, names) in &groups {
+    for names in &input_groups(layer, stats) {
         let awq: Vec<&String> = names
             .iter()
             .filter(|n| {
@@ -104,6 +91,48 @@ pub fn search_layer(
     Ok(outcome)
 }
 
+/// Groups of Linears sharing one input (one observer), in the layer's execution order (q/k/v,
+/// o, gate/up, down). The order matters to whoever folds scales: a group's scale goes into its
+/// producer, which may be a Linear of an earlier group (down's scale goes into up's rows).
+pub(crate) fn input_groups(
+    layer: &Network,
+    stats: &BTreeMap<String, Arc<InputStats>>,
+) -> Vec<Vec<String>> {
+    let mut groups: Vec<(*const InputStats, Vec<String>)> = Vec::new();
+    for (_, node) in layer.nodes() {
+        let Some(s) = stats.get(node.name()) else {
+            continue;
+        };
+        match groups.iter_mut().find(|(p, _)| *p == Arc::as_ptr(s)) {
+            Some((_, names)) => names.push(node.name().to_string()),
+            None => groups.push((Arc::as_ptr(s), vec![node.name().to_string()])),
+        }
+    }
+    groups.into_iter().map(|(_, names)| names).collect()
+}
+
+/// The weights (row-major, with their row counts) of the named Linears, each checked to read
+/// `cols` inputs.
+pub(crate) fn group_weights(
+    layer: &Network,
+    names: &[String],
+    cols: usize,
+) -> Result<Vec<(Vec<f32>, usize)>> {
+    let mut weights = Vec::new();
+    for n in names {
+        let lin = linear_at(layer, layer.find(n)?).ok_or_else(|| layer_error(n, "not a Linear"))?;
+        let (w, rows, c) = linear_weight(&lin)?;
+        if c != cols {
+            return Err(layer_error(
+                n,
+                format!("{c} inputs, the observer saw {cols}"),
+            ));
+        }
+        weights.push((w, rows));
+    }
+    Ok(weights)
+}
+
 fn layer_error(layer: &str, message: impl Into<String>) -> Error {
     Error::Layer {
         layer: layer.to_string(),
@@ -121,13 +150,13 @@ fn linear_at(layer: &Network, id: NodeId) -> Option<Linear> {
 }
 
 /// Where a group's input comes from, if that op can absorb a division by s.
-enum Absorber {
+pub(crate) enum Absorber {
     RmsNorm(NodeId),
     LayerNorm(NodeId),
     LinearRows(NodeId),
 }
 
-fn absorber(layer: &Network, first: &str, cols: usize) -> Result<Option<Absorber>> {
+pub(crate) fn absorber(layer: &Network, first: &str, cols: usize) -> Result<Option<Absorber>> {
     let id = layer.find(first)?;
     let Some(&src) = layer.node(id)?.inputs().first() else {
         return Ok(None);
@@ -223,18 +252,7 @@ fn scale_group(
     let Some(absorb) = absorber(layer, &names[0], cols)? else {
         return Ok((None, None));
     };
-    let mut weights = Vec::new();
-    for n in names {
-        let lin = linear_at(layer, layer.find(n)?).ok_or_else(|| layer_error(n, "not a Linear"))?;
-        let (w, rows, c) = linear_weight(&lin)?;
-        if c != cols {
-            return Err(layer_error(
-                n,
-                format!("{c} inputs, the observer saw {cols}"),
-            ));
-        }
-        weights.push((w, rows));
-    }
+    let weights = group_weights(layer, names, cols)?;
     let group = match scheme.granularity {
         Granularity::PerGroup(g) => g,
         _ => cols,
@@ -293,9 +311,23 @@ fn scale_group(
     let Some((_, s)) = best else {
         return Ok((None, None));
     };
+    let changed = fold_scale(layer, names, &weights, cols, &s, absorb)?;
+    Ok((changed, Some(s)))
+}
 
-    // Fold: W[:, j] *= s_j in the group, the producer's output channel j /= s_j.
-    for (n, (w, rows)) in names.iter().zip(&weights) {
+/// Folds a per-input-channel scale into a group: W[:, j] *= s_j in each of its Linears, and the
+/// producer's output channel j /= s_j, so the float network computes the same function. Returns
+/// the changed float tensor to record when the producer is a norm (a producing Linear is
+/// quantized, or kept, with the rest of the layer).
+pub(crate) fn fold_scale(
+    layer: &mut Network,
+    names: &[String],
+    weights: &[(Vec<f32>, usize)],
+    cols: usize,
+    s: &[f32],
+    absorb: Absorber,
+) -> Result<Option<(String, Tensor)>> {
+    for (n, (w, rows)) in names.iter().zip(weights) {
         let id = layer.find(n)?;
         let lin = linear_at(layer, id).ok_or_else(|| layer_error(n, "not a Linear"))?;
         let scaled: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * s[i % cols]).collect();
@@ -354,7 +386,7 @@ fn scale_group(
             None // a Linear of the layer: it is quantized (or kept) with the rest
         }
     };
-    Ok((changed, Some(s)))
+    Ok(changed)
 }
 
 /// Searches the clamp ratio per (row, group) of one Linear and clamps its weight.

@@ -132,6 +132,20 @@ impl Default for AwqConfig {
     }
 }
 
+/// SmoothQuant settings (`SmoothQuantConfig`): the migration strength α of
+/// `s_j = max|X_j|^α / max|W_j|^(1-α)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmoothConfig {
+    pub alpha: f64,
+}
+
+impl Default for SmoothConfig {
+    fn default() -> Self {
+        SmoothConfig { alpha: 0.5 }
+    }
+}
+
 /// The PTQ configuration of a network or of one layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -155,6 +169,7 @@ pub struct PtqConfig {
     pub weight_clip: bool,
     pub gptq: GptqConfig,
     pub awq: AwqConfig,
+    pub smooth: SmoothConfig,
 }
 
 impl Default for PtqConfig {
@@ -176,6 +191,7 @@ impl Default for PtqConfig {
             weight_clip: false,
             gptq: GptqConfig::default(),
             awq: AwqConfig::default(),
+            smooth: SmoothConfig::default(),
         }
     }
 }
@@ -368,6 +384,12 @@ impl PtqConfig {
                 format!("{} is not in [0, 1)", self.gptq.sink_share),
             ));
         }
+        if !(0.0..=1.0).contains(&self.smooth.alpha) {
+            return Err(invalid(
+                "smooth.alpha",
+                format!("{} is not in [0, 1]", self.smooth.alpha),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.gptq.damp_percent) {
             return Err(invalid(
                 "gptq.damp_percent",
@@ -402,6 +424,18 @@ impl PtqConfig {
             symmetric: self.weight_symmetric,
             narrow: self.weight_narrow_range,
         })
+    }
+
+    /// How a Linear quantized with this configuration has its input quantized: int8 per token
+    /// for `act_quant_dtype` int8 with `act_quant_granularity` per_token, `None` for weight-only
+    /// (static per-tensor activations are refused by `supported::check` until implemented).
+    pub fn activation_quant(&self) -> Option<gstick_quant::ActivationQuant> {
+        match (self.act_quant_dtype, self.act_quant_granularity) {
+            (Some(QuantDtype::Int8), QuantGranularity::PerToken) => {
+                Some(gstick_quant::ActivationQuant::DynamicPerToken)
+            }
+            _ => None,
+        }
     }
 
     /// Whether the layer with this full name is blacklisted (substring match, as the original).

@@ -1,6 +1,9 @@
 //! The calibration-time quantized Linear: `WeightQuantLinear` keeps the integer weight and its
 //! scales (what exports and deploy read) and computes with the weight they stand for (fake
 //! quantization), so the pipeline's next layer sees exactly what the deployed model computes.
+//! With per-token activation quantization (dynamic A8W8) it computes through the deploy
+//! kernel itself (`quant::int8::a8w8`): calibration, evaluation and the deployed model then see
+//! the same bits, and the kernel is checked against plain arithmetic by its own tests.
 
 use std::sync::Arc;
 
@@ -8,7 +11,10 @@ use candle_core::{Device, Tensor};
 use gstick_nn::cell::downcast;
 use gstick_nn::cells::Linear;
 use gstick_nn::{named_params, Cell, CellCtx, Network, Param};
-use gstick_quant::{FloatTensor, QuantizedLinear, QuantizedModel, QuantizedWeight};
+use gstick_quant::int8::a8w8::{self, quantize_token, A8W8Weight, TokenRows};
+use gstick_quant::{
+    ActivationQuant, FloatTensor, QuantizedLinear, QuantizedModel, QuantizedWeight,
+};
 
 /// A Linear whose weight is quantized (spec `WeightQuantLinearCell`).
 #[derive(Clone, Debug)]
@@ -17,8 +23,37 @@ pub struct WeightQuantLinear {
     /// The dequantized weight, (out, in).
     pub weight: Param,
     pub bias: Option<Param>,
+    /// How the input is quantized (`None`: float input).
+    pub activation: Option<ActivationQuant>,
+    /// The integer kernel's weight, for per-token activations.
+    pub int8: Option<Arc<A8W8Weight>>,
     /// The original's summary string (`GPTQ-W4-per_group`).
     pub label: String,
+}
+
+/// `x` with each row (last dimension) quantized to int8 per token and back: what the deploy
+/// kernel multiplies (for analysis; the cell computes on the kernel). A row holding NaN or
+/// infinity is an error.
+pub fn fake_quantize_tokens(x: &Tensor) -> gstick_nn::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let cols = *dims.last().unwrap_or(&1);
+    let mut values: Vec<f32> = x
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
+    let mut q = vec![0i8; cols];
+    for (t, row) in values.chunks_exact_mut(cols.max(1)).enumerate() {
+        let scale = quantize_token(row, &mut q);
+        if !scale.is_finite() {
+            return Err(gstick_nn::Error::Config(format!(
+                "input row {t} holds NaN or infinity"
+            )));
+        }
+        for (v, &qi) in row.iter_mut().zip(&q) {
+            *v = qi as f32 * scale;
+        }
+    }
+    Ok(Tensor::from_vec(values, dims, x.device())?.to_dtype(x.dtype())?)
 }
 
 impl Cell for WeightQuantLinear {
@@ -31,7 +66,10 @@ impl Cell for WeightQuantLinear {
             weight: self.weight.clone(),
             bias: self.bias.clone(),
         };
-        as_linear.forward(inputs, ctx)
+        match (&self.int8, inputs) {
+            (Some(w), [x]) => self.forward_int8(w, x, ctx),
+            _ => as_linear.forward(inputs, ctx),
+        }
     }
 
     fn params(&self) -> Vec<(&'static str, &Param)> {
@@ -49,17 +87,72 @@ impl Cell for WeightQuantLinear {
 }
 
 impl WeightQuantLinear {
+    /// Dynamic A8W8 on the deploy kernel (no backward: calibration and evaluation only).
+    fn forward_int8(
+        &self,
+        w: &A8W8Weight,
+        x: &Tensor,
+        ctx: &mut CellCtx,
+    ) -> gstick_nn::Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let cols = *dims.last().unwrap_or(&0);
+        if cols != w.cols {
+            return Err(gstick_nn::Error::Config(format!(
+                "{}: input has {cols} features, the weight {}",
+                self.label, w.cols
+            )));
+        }
+        let m = x.elem_count() / cols.max(1);
+        let values: Vec<f32> = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let bias = match &self.bias {
+            Some(b) => Some(b.value(ctx.mode).flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let mut out = vec![0f32; m * w.rows];
+        a8w8::linear_f32(
+            &values,
+            m,
+            w,
+            bias.as_deref(),
+            &mut out,
+            gstick_nn::kernels::kernel_threads(),
+            &mut TokenRows::default(),
+        )
+        .map_err(|row| {
+            gstick_nn::Error::Config(format!(
+                "{}: input row {row} holds NaN or infinity",
+                self.label
+            ))
+        })?;
+        if let Some(last) = dims.last_mut() {
+            *last = w.rows;
+        }
+        Ok(Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())?)
+    }
+
     /// The cell for a quantized weight, keeping the float bias.
     pub fn new(
         q: Arc<QuantizedWeight>,
         bias: Option<Param>,
+        activation: Option<ActivationQuant>,
         label: &str,
     ) -> gstick_nn::Result<WeightQuantLinear> {
         let dequantized = Tensor::from_vec(q.dequantize(), (q.rows, q.cols), &Device::Cpu)?;
+        let int8 = match activation {
+            None => None,
+            Some(ActivationQuant::DynamicPerToken) => Some(Arc::new(
+                A8W8Weight::from_quantized(&q).map_err(gstick_nn::Error::Config)?,
+            )),
+        };
         Ok(WeightQuantLinear {
             quantized: q,
             weight: Param::buffer(dequantized)?,
             bias,
+            activation,
+            int8,
             label: label.to_string(),
         })
     }
@@ -85,6 +178,7 @@ pub fn quantized_model(net: &Network) -> QuantizedModel {
                 name,
                 QuantizedLinear {
                     weight: c.quantized.clone(),
+                    activation: c.activation,
                     label: c.label.clone(),
                 },
             );
@@ -123,7 +217,12 @@ pub fn install_fake(net: &mut Network, model: &QuantizedModel) -> crate::Result<
             ) else {
                 return Ok::<_, crate::Error>(None);
             };
-            let cell = WeightQuantLinear::new(q.weight.clone(), linear.bias.clone(), &q.label)?;
+            let cell = WeightQuantLinear::new(
+                q.weight.clone(),
+                linear.bias.clone(),
+                q.activation,
+                &q.label,
+            )?;
             Ok(Some(Box::new(cell) as Box<dyn Cell>))
         })?;
         match model.linears.keys().find(|k| !replaced.contains(k)) {

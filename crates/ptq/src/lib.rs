@@ -1,8 +1,8 @@
 //! Post-training quantization of LLMs (spec §2.3–§3.10): the configuration with the original's
 //! fields, defaults and validation rules ([`config`]), recipes and layer policies ([`recipe`]),
 //! the refusal of what is not implemented ([`supported`]), the layer-wise pipeline
-//! ([`pipeline`]) and its steps ([`steps`]: AWQ, GPTQ, RTN) over the algorithms ([`awq`],
-//! [`gptq`]), the calibration-time quantized Linear ([`fake_quant_linear`]), RTN of a whole
+//! ([`pipeline`]) and its steps ([`steps`]: SmoothQuant, AWQ, GPTQ, RTN) over the algorithms
+//! ([`smooth`], [`awq`], [`gptq`]), the calibration-time quantized Linear ([`fake_quant_linear`]), RTN of a whole
 //! network ([`rtn`]), PTQ as a `CompAlgo` on an in-memory network ([`ptq`]), and the pre-flight
 //! memory estimate ([`memory`]). The product is the neutral `gstick_quant::QuantizedModel`.
 
@@ -17,6 +17,7 @@ pub mod ptq;
 pub mod recipe;
 pub mod records;
 pub mod rtn;
+pub mod smooth;
 pub mod steps;
 pub mod supported;
 

@@ -2,7 +2,8 @@
 //! being quantized. Linears that read the same value (q/k/v, gate/up) share one observer, so each
 //! statistic is gathered once. An observer accumulates what the algorithms need: the GPTQ
 //! Hessian with the first row of every window kept apart (the attention sink, which GPTQ weighs
-//! separately), the mean absolute value per input channel (AWQ), and an evenly spaced sample of
+//! separately), the mean absolute value per input channel (AWQ) and the largest (SmoothQuant),
+//! and an evenly spaced sample of
 //! input rows (AWQ searches, per-layer error reports). Each forward call is one calibration
 //! window.
 
@@ -34,6 +35,8 @@ pub struct InputStats {
     pub first_rows: Vec<f32>,
     /// Σ |x_j| over every row seen.
     pub abs_sum: Vec<f64>,
+    /// max |x_j| over every row seen (SmoothQuant).
+    pub abs_max: Vec<f32>,
     /// Kept rows, row-major (`sample_rows` x `cols`).
     pub sample: Vec<f32>,
     pub sample_rows: usize,
@@ -49,6 +52,7 @@ impl InputStats {
             hessian: spec.hessian.then(|| Hessian::new(cols)),
             first_rows: Vec::new(),
             abs_sum: vec![0.0; cols],
+            abs_max: vec![0.0; cols],
             sample: Vec::new(),
             sample_rows: 0,
             seconds: 0.0,
@@ -84,6 +88,7 @@ impl InputStats {
                 .zip(s)
                 .map(|(a, &v)| a / v as f64)
                 .collect(),
+            abs_max: self.abs_max.iter().zip(s).map(|(a, &v)| a / v).collect(),
             sample: self
                 .sample
                 .iter()
@@ -143,6 +148,10 @@ impl InputStats {
         let path = gstick_nn::kernels::vector_math::MathPath::best();
         for row in x.chunks_exact(c) {
             gstick_nn::kernels::vector_math::add_abs(path, &mut self.abs_sum, row);
+            for (m, &v) in self.abs_max.iter_mut().zip(row) {
+                let a = v.abs();
+                *m = if a > *m { a } else { *m };
+            }
         }
         let window = window.clamp(1, rows.max(1));
         if let Some(h) = &mut self.hessian {

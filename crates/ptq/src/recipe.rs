@@ -99,12 +99,16 @@ impl From<PtqConfig> for Recipe {
 
 impl Recipe {
     /// Whether some configuration runs a step that learns from calibration data (GPTQ's
-    /// Hessians, AWQ's searches); RTN needs none.
+    /// Hessians, AWQ's searches, SmoothQuant's input maxima); RTN needs none.
     pub fn needs_calibration(&self) -> bool {
         use crate::steps::PtqStep;
-        let (awq, gptq) = (crate::steps::AwqStep, crate::steps::GptqStep);
+        let (smooth, awq, gptq) = (
+            crate::steps::SmoothStep,
+            crate::steps::AwqStep,
+            crate::steps::GptqStep,
+        );
         self.configs()
-            .any(|(_, c)| awq.applies_to(c) || gptq.applies_to(c))
+            .any(|(_, c)| smooth.applies_to(c) || awq.applies_to(c) || gptq.applies_to(c))
     }
 
     /// The network configuration and every policy's, each with where it comes from

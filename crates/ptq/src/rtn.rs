@@ -35,6 +35,7 @@ fn quantize_linear(
     Ok(Some(WeightQuantLinear::new(
         Arc::new(q),
         linear.bias.clone(),
+        policy.activation_quant(),
         &policy.summary(),
     )?))
 }

@@ -3,7 +3,7 @@
 //! that silently produces a different kind of model than asked (say weight-only W8A16 for a
 //! SmoothQuant A8W8 recipe) is worse than one that says no.
 
-use crate::config::{OutliersSuppression, PtqConfig, PtqMode};
+use crate::config::{OutliersSuppression, PtqConfig, PtqMode, QuantDtype, QuantGranularity};
 use crate::recipe::Recipe;
 use crate::ConfigError;
 
@@ -15,18 +15,21 @@ fn not_implemented(field: &'static str, value: impl Into<String>, message: &str)
     }
 }
 
-/// Refuses what the layer-wise pipeline cannot do yet: activation and KV-cache quantization,
-/// SmoothQuant and the OutlierSuppression variants, deploy mode, and configurations that
-/// quantize nothing.
+/// Refuses what the layer-wise pipeline cannot do yet: static and A8W4 activation quantization,
+/// KV-cache quantization, SmoothQuant and the OutlierSuppression variants, deploy mode, and
+/// configurations that quantize nothing.
 pub fn check(config: &PtqConfig) -> Result<(), ConfigError> {
     config.validate()?;
     match config.outliers_suppression {
         OutliersSuppression::None | OutliersSuppression::Awq => {}
+        // SmoothQuant is built for dynamic per-token A8W8 (static per-tensor activations are
+        // refused below).
+        OutliersSuppression::Smooth if config.act_quant_dtype.is_some() => {}
         OutliersSuppression::Smooth => {
             return Err(not_implemented(
                 "outliers_suppression",
                 "smooth",
-                "SmoothQuant (A8W8 with smoothed activations) is not implemented yet; weight-only RTN, GPTQ and AWQ are",
+                "SmoothQuant without activation quantization is not implemented; use it with act_quant_dtype int8 and act_quant_granularity per_token",
             ))
         }
         OutliersSuppression::OutlierSuppressionLite => {
@@ -44,12 +47,22 @@ pub fn check(config: &PtqConfig) -> Result<(), ConfigError> {
             ))
         }
     }
-    if let Some(d) = config.act_quant_dtype {
-        return Err(not_implemented(
-            "act_quant_dtype",
-            format!("{d:?}").to_lowercase(),
-            "activation quantization (A8W8, A8W4, dynamic per-token) is not implemented yet; only weights are quantized",
-        ));
+    if config.act_quant_dtype.is_some() {
+        // Implemented: dynamic per-token int8 activations with int8 weights (A8W8 dynamic).
+        if config.act_quant_granularity != QuantGranularity::PerToken {
+            return Err(not_implemented(
+                "act_quant_granularity",
+                "per_tensor",
+                "static per-tensor activation quantization (SmoothQuant-style A8W8) is not implemented yet; dynamic per_token is",
+            ));
+        }
+        if config.weight_quant_dtype != Some(QuantDtype::Int8) {
+            return Err(not_implemented(
+                "weight_quant_dtype",
+                format!("{:?}", config.weight_quant_dtype).to_lowercase(),
+                "int8 activations with low-bit weights (A8W4) are not implemented yet; A8W8 with int8 weights is",
+            ));
+        }
     }
     if let Some(d) = config.kvcache_quant_dtype {
         return Err(not_implemented(

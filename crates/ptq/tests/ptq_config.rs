@@ -482,8 +482,13 @@ fn unimplemented_configurations_are_refused_naming_the_field() {
             other => panic!("{yaml}: expected a refusal, got {other:?}"),
         }
     };
+    // SmoothQuant runs with dynamic activations; static per-tensor ones are not built yet.
     assert_eq!(
         refused("outliers_suppression: smooth\nact_quant_dtype: int8\n"),
+        "act_quant_granularity"
+    );
+    assert_eq!(
+        refused("outliers_suppression: smooth\n"),
         "outliers_suppression"
     );
     assert_eq!(
@@ -494,9 +499,15 @@ fn unimplemented_configurations_are_refused_naming_the_field() {
         refused("act_quant_dtype: int8\noutliers_suppression: outlier-suppression-lite\n"),
         "outliers_suppression"
     );
+    // Static per-tensor activations (plain A8W8 without smoothing) and A8W4 are not built yet.
+    assert_eq!(refused("act_quant_dtype: int8\n"), "act_quant_granularity");
     assert_eq!(
-        refused("act_quant_dtype: int8\nact_quant_granularity: per_token\n"),
-        "act_quant_dtype"
+        refused(
+            "weight_quant_dtype: int4\nweight_quant_granularity: per_group\ngroup_size: 64\n\
+             act_quant_dtype: int8\nact_quant_granularity: per_token\nprecision_recovery: gptq\n\
+             gptq:\n  desc_act: true\n  static_groups: true\n"
+        ),
+        "weight_quant_dtype"
     );
     assert_eq!(refused("mode: deploy\n"), "mode");
     // In a layer policy too, and the message names the policy.
@@ -525,11 +536,14 @@ fn unimplemented_configurations_are_refused_naming_the_field() {
         })
     ));
     assert_eq!(check_recipe(&Recipe::from(c.with_act_order(true))), Ok(()));
-    // Weight-only RTN, GPTQ and AWQ are what runs.
+    // Weight-only RTN, GPTQ and AWQ, and dynamic A8W8, are what runs.
     for yaml in [
         "weight_quant_dtype: int8\n",
         "weight_quant_dtype: int4\nweight_quant_granularity: per_group\ngroup_size: 64\nprecision_recovery: gptq\n",
         "weight_quant_dtype: int4\nweight_quant_granularity: per_group\ngroup_size: 64\noutliers_suppression: awq\n",
+        // Dynamic per-token A8W8, plain and smoothed.
+        "act_quant_dtype: int8\nact_quant_granularity: per_token\n",
+        "act_quant_dtype: int8\nact_quant_granularity: per_token\noutliers_suppression: smooth\n",
     ] {
         assert_eq!(check_recipe(&Recipe::from_yaml(yaml, "ok.yaml").unwrap()), Ok(()), "{yaml}");
     }

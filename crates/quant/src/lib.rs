@@ -9,5 +9,5 @@ pub mod model;
 pub mod scheme;
 
 pub use formats::{FormatError, GgmlError, GgmlType};
-pub use model::{FloatTensor, QuantizedLinear, QuantizedModel};
+pub use model::{ActivationQuant, FloatTensor, QuantizedLinear, QuantizedModel};
 pub use scheme::{Granularity, QParams, QuantDtype, QuantizedWeight, SchemeError, WeightScheme};

@@ -3,9 +3,9 @@
 //! `qat`) produce it; `export` writes it beside the float tensors of the source model and
 //! `deploy` installs it on the integer kernels.
 //!
-//! Today it holds weight-only results: the integers and (scale, zero point) of each quantized
-//! Linear, with its scheme, and the float tensors an algorithm changed. Activation and KV-cache
-//! scales will join it with the issue that quantizes them.
+//! It holds the integers and (scale, zero point) of each quantized Linear, with its scheme and
+//! how its input is quantized at run time (nothing, or int8 per token), and the float tensors an
+//! algorithm changed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,10 +19,36 @@ pub struct FloatTensor {
     pub values: Vec<f32>,
 }
 
+/// How a quantized Linear's input is quantized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationQuant {
+    /// Int8 per token, symmetric, scale max|x| / 127 computed at run time, no calibration (spec
+    /// §3.8, msModelSlim's `W8A8_DYNAMIC`).
+    DynamicPerToken,
+}
+
+impl ActivationQuant {
+    /// The name configurations and the Golden Stick format use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActivationQuant::DynamicPerToken => "dynamic_per_token",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ActivationQuant> {
+        match name {
+            "dynamic_per_token" => Some(ActivationQuant::DynamicPerToken),
+            _ => None,
+        }
+    }
+}
+
 /// One quantized Linear.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedLinear {
     pub weight: Arc<QuantizedWeight>,
+    /// How the input is quantized; `None` for weight-only layers (float activations).
+    pub activation: Option<ActivationQuant>,
     /// How it was made, in the original's words (`GPTQ-W4-per_group`).
     pub label: String,
 }
@@ -40,6 +66,14 @@ pub struct QuantizedModel {
 }
 
 impl QuantizedModel {
+    /// The first Linear whose input is quantized, if any (formats without activation
+    /// quantization refuse such a model, naming it).
+    pub fn first_activation_quantized(&self) -> Option<(&str, ActivationQuant)> {
+        self.linears
+            .iter()
+            .find_map(|(name, l)| l.activation.map(|a| (name.as_str(), a)))
+    }
+
     /// The quantized weight that stands for parameter `name` (`….weight`), if any.
     pub fn weight_for(&self, param: &str) -> Option<&Arc<QuantizedWeight>> {
         let stem = param.strip_suffix(".weight")?;

@@ -55,6 +55,11 @@ pub struct PrefillBenchArgs {
     /// Timed repeats; the fastest is reported.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Also time the network body (every layer, no head) in f32 and as dynamic A8W8 (RTN int8
+    /// weights per channel, int8 activations per token, on the int8 x int8 kernels) on the
+    /// executor, and report the ratio.
+    #[arg(long)]
+    pub a8w8: bool,
     #[command(flatten)]
     pub llama: LlamaCppArgs,
 }
@@ -183,6 +188,43 @@ pub fn decode(args: DecodeBenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Tokens/s of the network without its head on `ids` through the executor (the fastest of
+/// `repeats` after one untimed pass).
+fn body_rate(net: &gstick_nn::Network, ids: &[u32], repeats: usize) -> Result<f64> {
+    let mut body = net.clone();
+    let head = body.find("lm_head")?;
+    body.set_output(0, body.find("model.norm")?)?;
+    body.erase(head)?;
+    let input =
+        candle_core::Tensor::from_vec(ids.to_vec(), (1, ids.len()), &candle_core::Device::Cpu)?;
+    let mut best = 0f64;
+    for round in 0..=repeats.max(1) {
+        let mut exec = gstick_nn::Executor::new(gstick_nn::Mode::Eval, 0);
+        let t = Instant::now();
+        std::hint::black_box(exec.forward1(&body, &input)?);
+        if round > 0 {
+            best = best.max(ids.len() as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(best)
+}
+
+/// The network with every decoder Linear as dynamic A8W8 on the int8 x int8 kernels.
+fn a8w8_variant(net: &gstick_nn::Network) -> Result<gstick_nn::Network> {
+    use gstick::ptq::config::{QuantDtype, QuantGranularity};
+    let config = gstick::ptq::PtqConfig {
+        act_quant_dtype: Some(QuantDtype::Int8),
+        act_quant_granularity: QuantGranularity::PerToken,
+        ..Default::default()
+    };
+    let mut fake = net.clone();
+    gstick::ptq::rtn::apply_rtn(&mut fake, &config, None)?;
+    let model = gstick::ptq::fake_quant_linear::quantized_model(&fake);
+    let mut variant = net.clone();
+    gstick::deploy::install(&mut variant, &model)?;
+    Ok(variant)
+}
+
 pub fn prefill(args: PrefillBenchArgs) -> Result<()> {
     let (net, _, tokenizer) = crate::cli::llm_cmd::load_lm(&args.model)?;
     let text = std::fs::read_to_string(&args.text)
@@ -209,7 +251,6 @@ pub fn prefill(args: PrefillBenchArgs) -> Result<()> {
         }
     }
     drop(decoder);
-    drop(net);
     let mut report = serde_json::json!({
         "bench": "llm-prefill",
         "cpu": cpu_name(),
@@ -217,6 +258,19 @@ pub fn prefill(args: PrefillBenchArgs) -> Result<()> {
         "threads": gstick_nn::kernels::kernel_threads(),
         "fp32_tokens_per_s": best,
     });
+    if args.a8w8 {
+        let fp32 = body_rate(&net, &ids, args.repeats)?;
+        let a8w8 = body_rate(&a8w8_variant(&net)?, &ids, args.repeats)?;
+        eprintln!(
+            "body without head: fp32 {fp32:.0} tokens/s, a8w8 {a8w8:.0} tokens/s ({:.2}x)",
+            a8w8 / fp32
+        );
+        report["fp32_body_tokens_per_s"] = fp32.into();
+        report["a8w8_body_tokens_per_s"] = a8w8.into();
+        report["a8w8_speedup_over_fp32"] = (a8w8 / fp32).into();
+        report["int_isa"] = gstick_quant::int8::IntIsa::detect().name().into();
+    }
+    drop(net);
     compare_with_llama_cpp(
         &args.llama,
         &args.model,

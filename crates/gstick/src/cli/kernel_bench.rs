@@ -1,6 +1,9 @@
 //! `gstick bench kernels`: the int8 and int4 deploy kernels against our f32 Linear path (candle's
 //! matmul below 16 rows, faer above, as the Linear cell does), measured in the same run.
 //!
+//! The a8w8 column is dynamic A8W8: the input quantized to int8 per token (timed too) and
+//! multiplied by int8 weights with int32 sums (`quant::int8::a8w8`).
+//!
 //! GEMV (one input row) cycles through enough copies of each weight to exceed the L3 cache, so
 //! every call streams its weight from memory as decode does; GEMM (many rows) reuses one copy.
 
@@ -9,6 +12,8 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Args;
+use gstick_quant::int8::a8w8::{self, A8W8Weight, TokenRows};
+use gstick_quant::int8::IntIsa;
 use gstick_quant::kernels::{linear_with, Isa, PackedWeight};
 use gstick_quant::{Granularity, WeightScheme};
 
@@ -111,14 +116,21 @@ pub fn run(args: KernelBenchArgs) -> Result<()> {
         isa.name(),
         threads
     );
-    println!("| shape | rows in | f32 µs | int8 µs | int4 µs | int8 speedup | int4 speedup | int4 GB/s |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| shape | rows in | f32 µs | int8 µs | int4 µs | a8w8 µs | int8 speedup | int4 speedup | a8w8 speedup | int4 GB/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut report = Vec::new();
     for case in &cases {
         let (n, k) = (case.rows, case.cols);
         let w = noise(n as u64, n * k);
         let packed8 = PackedWeight::from_quantized(&int8.quantize_weight(&w, n, k)?);
         let packed4 = PackedWeight::from_quantized(&int4.quantize_weight(&w, n, k)?);
+        let q8 = int8.quantize_weight(&w, n, k)?;
+        let a8w8_weight = A8W8Weight::new(
+            &q8.values,
+            n,
+            k,
+            q8.params.iter().map(|p| p.scale as f32).collect(),
+        );
         let wt = Tensor::from_vec(w, (n, k), &Device::Cpu)?;
         for m in [1, args.gemm_rows] {
             let gemv = m < gstick_nn::kernels::linear::MIN_ROWS;
@@ -156,15 +168,30 @@ pub fn run(args: KernelBenchArgs) -> Result<()> {
             };
             let t8 = time_packed(&packed8)?;
             let t4 = time_packed(&packed4)?;
+            let a8w8_copies: Vec<A8W8Weight> = (0..copies(a8w8_weight.bytes()))
+                .map(|_| a8w8_weight.clone())
+                .collect();
+            let mut tokens = TokenRows::default();
+            let int_isa = IntIsa::detect();
+            let ta8 = time_calls(args.repeats, a8w8_copies.len(), |i| {
+                tokens
+                    .quantize(&x, m, k)
+                    .map_err(|row| anyhow::anyhow!("row {row} is not finite"))?;
+                a8w8::linear(int_isa, &tokens, &a8w8_copies[i], None, &mut out, threads);
+                std::hint::black_box(&out);
+                Ok(())
+            })?;
             let gbs = packed4.bytes() as f64 / t4 / 1e9;
             println!(
-                "| {} | {m} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {} |",
+                "| {} | {m} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {:.2}x | {} |",
                 case.name,
                 t_f32 * 1e6,
                 t8 * 1e6,
                 t4 * 1e6,
+                ta8 * 1e6,
                 t_f32 / t8,
                 t_f32 / t4,
+                t_f32 / ta8,
                 if gemv {
                     format!("{gbs:.1}")
                 } else {
@@ -173,7 +200,8 @@ pub fn run(args: KernelBenchArgs) -> Result<()> {
             );
             report.push(serde_json::json!({
                 "shape": case.name, "rows_in": m, "f32_us": t_f32 * 1e6, "int8_us": t8 * 1e6,
-                "int4_us": t4 * 1e6, "int8_speedup": t_f32 / t8, "int4_speedup": t_f32 / t4,
+                "int4_us": t4 * 1e6, "a8w8_us": ta8 * 1e6, "int8_speedup": t_f32 / t8,
+                "int4_speedup": t_f32 / t4, "a8w8_speedup": t_f32 / ta8,
             }));
         }
     }
@@ -206,7 +234,7 @@ pub fn run(args: KernelBenchArgs) -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"bench": "kernels", "isa": isa.name(), "threads": threads, "cases": report, "int4_gemv_4096_by_isa": per_isa})
+        serde_json::json!({"bench": "kernels", "cpu": crate::cli::bench::cpu_name(), "isa": isa.name(), "int_isa": IntIsa::detect().name(), "threads": threads, "cases": report, "int4_gemv_4096_by_isa": per_isa})
     );
     Ok(())
 }

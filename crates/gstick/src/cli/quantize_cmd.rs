@@ -1,4 +1,4 @@
-//! `gstick quantize`: weight-only PTQ of a causal LM through the library's `Quantizer` (the
+//! `gstick quantize`: PTQ of a causal LM (weight-only, or with dynamic int8 activations) through the library's `Quantizer` (the
 //! layer-wise pipeline, one decoder layer resident), exported as a Golden Stick directory, the
 //! Hugging Face GPTQ format or GGUF, with an optional before/after perplexity check: the float
 //! model evaluated layer by layer, the export loaded back onto the integer kernels.
@@ -20,6 +20,12 @@ pub enum Algo {
     Rtn,
     Gptq,
     Awq,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ActArg {
+    /// Int8 per token, scales computed at run time (dynamic A8W8; needs --bits 8, per channel).
+    PerToken,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -48,6 +54,10 @@ pub struct QuantizeArgs {
     /// Asymmetric weights (a zero point per group).
     #[arg(long)]
     pub asym: bool,
+    /// Also quantize each Linear's input: `per-token` is dynamic A8W8 (int8 activations, scale
+    /// per token at run time); without it the model is weight-only.
+    #[arg(long, value_enum, conflicts_with = "recipe")]
+    pub act: Option<ActArg>,
     /// GPTQ: process columns by decreasing Hessian diagonal, with static groups (the default;
     /// `--act-order false` for the column order).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", conflicts_with = "recipe")]
@@ -124,6 +134,10 @@ fn config_from_flags(args: &QuantizeArgs) -> Result<PtqConfig> {
     }
     if let Some(w) = args.sink_share {
         c.gptq.sink_share = w;
+    }
+    if let Some(ActArg::PerToken) = args.act {
+        c.act_quant_dtype = Some(gstick::ptq::config::QuantDtype::Int8);
+        c.act_quant_granularity = gstick::ptq::config::QuantGranularity::PerToken;
     }
     Ok(match args.act_order {
         Some(on) => c.with_act_order(on),

@@ -7,6 +7,7 @@
 mod awq;
 mod gptq;
 mod rtn;
+mod smooth;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use gstick_quant::{QuantizedLinear, QuantizedWeight, WeightScheme};
 pub use awq::AwqStep;
 pub use gptq::GptqStep;
 pub use rtn::RtnStep;
+pub use smooth::SmoothStep;
 
 use crate::fake_quant_linear::{linear_weight, WeightQuantLinear};
 use crate::observer::InputStats;
@@ -75,9 +77,15 @@ pub trait PtqStep {
     fn run(&self, state: &mut LayerState) -> Result<()>;
 }
 
-/// The steps a recipe needs, in pipeline order: AWQ's searches first, then the quantizers.
+/// The steps a recipe needs, in pipeline order: SmoothQuant's and AWQ's scales first, then the
+/// quantizers.
 pub fn steps_for(recipe: &Recipe) -> Vec<Box<dyn PtqStep>> {
-    let all: Vec<Box<dyn PtqStep>> = vec![Box::new(AwqStep), Box::new(GptqStep), Box::new(RtnStep)];
+    let all: Vec<Box<dyn PtqStep>> = vec![
+        Box::new(SmoothStep),
+        Box::new(AwqStep),
+        Box::new(GptqStep),
+        Box::new(RtnStep),
+    ];
     all.into_iter()
         .filter(|s| recipe.configs().any(|(_, c)| s.applies_to(c)))
         .collect()
@@ -125,7 +133,8 @@ impl LayerState<'_> {
         let linear = self.linear(target)?;
         let label = target.policy.summary();
         let q = Arc::new(q);
-        let cell = WeightQuantLinear::new(q.clone(), linear.bias.clone(), &label)?;
+        let activation = target.policy.activation_quant();
+        let cell = WeightQuantLinear::new(q.clone(), linear.bias.clone(), activation, &label)?;
         let error = relative_linear_error(
             self.stats_of(target)?,
             linear.weight.tensor(),
@@ -145,7 +154,14 @@ impl LayerState<'_> {
         };
         self.quantized.insert(
             target.full.clone(),
-            (QuantizedLinear { weight: q, label }, record),
+            (
+                QuantizedLinear {
+                    weight: q,
+                    activation,
+                    label,
+                },
+                record,
+            ),
         );
         Ok(())
     }

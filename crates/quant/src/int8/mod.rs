@@ -1,8 +1,10 @@
-//! Integer kernels for int8 deployment of CNNs: unsigned 8-bit activations times signed 8-bit
+//! Integer kernels for int8 deployment: LLM Linears with int8 activations per token ([`a8w8`]),
+//! and for CNNs unsigned 8-bit activations times signed 8-bit
 //! weights with 32-bit accumulation (`C = A B^T`), and the activation (re)quantization of the
 //! original's fake quantizer. AVX-512 VNNI, AVX2 or portable code is chosen at run time; integer
 //! sums are exact, so every instruction set and thread count gives the same result.
 
+pub mod a8w8;
 mod avx2;
 mod avx512vnni;
 pub mod im2col;

@@ -1,0 +1,49 @@
+//! SmoothQuant as a step: each group's smoothing scale is folded into the layer before the
+//! quantizers run (spec §3.1: `LinearSmoothQuant` comes first). Linears whose input is now x/s
+//! see statistics divided by s.
+
+use std::sync::Arc;
+
+use super::{LayerState, Phase, PtqStep};
+use crate::config::OutliersSuppression;
+use crate::{PtqConfig, Result};
+
+/// SmoothQuant's scale migration.
+pub struct SmoothStep;
+
+impl PtqStep for SmoothStep {
+    fn name(&self) -> &'static str {
+        "smooth"
+    }
+
+    fn applies_to(&self, policy: &PtqConfig) -> bool {
+        policy.weight_scheme().is_some()
+            && policy.outliers_suppression == OutliersSuppression::Smooth
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Search
+    }
+
+    fn run(&self, state: &mut LayerState) -> Result<()> {
+        let policy_of = |local: &str| {
+            state
+                .targets
+                .iter()
+                .find(|t| t.local == local)
+                .map(|t| t.policy.clone())
+        };
+        let outcome = crate::smooth::smooth_layer(state.layer, &state.stats, &policy_of)?;
+        for (local, tensor) in outcome.overrides {
+            let name = format!("{}.{local}", state.prefix);
+            state.float_overrides.push((name, tensor));
+        }
+        for (local, s) in &outcome.scales {
+            if let Some(st) = state.stats.get(local) {
+                let divided = Arc::new(st.divided_by(s));
+                state.stats.insert(local.clone(), divided);
+            }
+        }
+        Ok(())
+    }
+}
