@@ -10,6 +10,9 @@
 #   pytools: the Python packages of scripts/pytools.txt, which tests use as
 #           independent readers (gguf, ...), into .cache/pytools; installed
 #           with the default selection too.
+#   pytools-torch: torch + transformers + compressed-tensors (scripts/pytools-torch.txt)
+#           into .cache/pytools-torch, for the compressed-tensors test; also in
+#           the default selection (about 3 GB to download).
 #
 # Cache dir: ${GSTICK_ASSETS:-<repo root>/.cache/assets}. A group whose files
 # all match scripts/assets.sha256 is skipped ("cached"); otherwise it is
@@ -220,13 +223,14 @@ write_manifest() {
 # ---------------------------------------------------------------- main
 write=0
 selected=()
-pytools=0
-(( $# == 0 )) && pytools=1
+pytools=0 pytools_torch=0
+(( $# == 0 )) && pytools=1 pytools_torch=1
 for arg in "$@"; do
   case $arg in
     --write-manifest) write=1 ;;
     pytools) pytools=1; continue ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    pytools-torch) pytools_torch=1; continue ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *)
       if [[ -n ${ALIASES[$arg]:-} ]]; then selected+=(${ALIASES[$arg]})
       elif [[ -n ${GROUP_FILES[$arg]:-} ]]; then selected+=("$arg")
@@ -266,17 +270,21 @@ for g in "${groups[@]+"${groups[@]}"}"; do
 done
 
 # ---------------------------------------------------------------- python test tools
-# Reinstalled only when scripts/pytools.txt changed since the last install.
-if (( pytools )); then
-  PYTOOLS=$ROOT/.cache/pytools
-  if cmp -s "$ROOT/scripts/pytools.txt" "$PYTOOLS/.requirements" 2>/dev/null; then
-    echo "pytools: cached"
-  else
-    rm -rf "$PYTOOLS.tmp"
-    python3 -m pip install --quiet --disable-pip-version-check --target "$PYTOOLS.tmp" \
-      -r "$ROOT/scripts/pytools.txt" >&2 || die "pytools: pip install failed"
-    cp "$ROOT/scripts/pytools.txt" "$PYTOOLS.tmp/.requirements"
-    rm -rf "$PYTOOLS" && mv "$PYTOOLS.tmp" "$PYTOOLS"
-    echo "pytools: installed"
+# install_pytools NAME: the packages of scripts/NAME.txt into .cache/NAME, reinstalled only when
+# that file changed since the last install.
+install_pytools() {
+  local name=$1 dir=$ROOT/.cache/$1 req=$ROOT/scripts/$1.txt
+  if cmp -s "$req" "$dir/.requirements" 2>/dev/null; then
+    echo "$name: cached"
+    return
   fi
-fi
+  rm -rf "$dir.tmp"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$dir.tmp" \
+    -r "$req" >&2 || die "$name: pip install failed"
+  cp "$req" "$dir.tmp/.requirements"
+  rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  echo "$name: installed"
+}
+(( pytools )) && install_pytools pytools
+(( pytools_torch )) && install_pytools pytools-torch
+exit 0

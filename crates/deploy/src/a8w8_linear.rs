@@ -1,6 +1,7 @@
-//! The deploy Linear of dynamic A8W8 (spec §3.8 `DynamicQuantMatmul`): each input row is
-//! quantized to int8 per token at run time and multiplied by int8 weights with int32 sums
-//! (`gstick_quant::int8::a8w8`), the per-token and per-channel scales and the bias applied as
+//! The deploy Linear of A8W8: each input row is quantized to int8, per token at run time
+//! (dynamic, spec §3.8 `DynamicQuantMatmul`) or with the calibrated per-tensor scale and zero
+//! point (static, spec §3.3 `AllQuantMatmul`), and multiplied by int8 weights with int32 sums
+//! (`gstick_quant::int8::a8w8`); the zero point's share, the scales and the bias are applied as
 //! the sums are stored.
 
 use std::sync::Arc;
@@ -8,12 +9,13 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use gstick_nn::{Cell, CellCtx, Param};
 use gstick_quant::int8::a8w8::{self, A8W8Weight, TokenRows};
-use gstick_quant::QuantizedWeight;
+use gstick_quant::{ActivationQuant, QuantizedWeight};
 
-/// A Linear with int8 weights and int8 per-token activations.
+/// A Linear with int8 weights and int8 activations.
 #[derive(Clone, Debug)]
 pub struct A8W8Linear {
     pub weight: Arc<A8W8Weight>,
+    pub activation: ActivationQuant,
     pub bias: Option<Param>,
     /// The quantization summary string (`W8-per_channel-A8-per_token`).
     pub label: String,
@@ -28,6 +30,7 @@ impl A8W8Linear {
 
 struct A8W8Matmul {
     weight: Arc<A8W8Weight>,
+    activation: ActivationQuant,
     bias: Option<Vec<f32>>,
 }
 
@@ -51,6 +54,7 @@ impl CustomOp1 for A8W8Matmul {
             &data[start..end],
             m,
             &self.weight,
+            self.activation,
             self.bias.as_deref(),
             &mut out,
             gstick_nn::kernels::kernel_threads(),
@@ -94,6 +98,7 @@ impl Cell for A8W8Linear {
             .contiguous()?;
         let y = x2.apply_op1_no_bwd(&A8W8Matmul {
             weight: self.weight.clone(),
+            activation: self.activation,
             bias,
         })?;
         if let Some(last) = dims.last_mut() {

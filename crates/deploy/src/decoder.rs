@@ -33,6 +33,7 @@ use gstick_nn::kernels::with_f32;
 use gstick_nn::{Cell, Executor, KvCache, Mode, Network};
 use gstick_quant::kernels::q8_dot::{self, Digits, DotIsa, Q8Row};
 use gstick_quant::kernels::{Isa, PackedWeight};
+use gstick_quant::kv::{self, KvQuant};
 
 use crate::packed_linear::PackedLinear;
 use crate::{Error, Result};
@@ -163,6 +164,8 @@ struct Layer {
     down: Matrix,
     /// The attention node's qualified name: its key in the KV cache the executor fills.
     cache_key: String,
+    /// How the attention's KV cache is quantized (int8 rows), if it is.
+    kv_quant: Option<KvQuant>,
 }
 
 /// Buffers reused from token to token.
@@ -175,6 +178,7 @@ struct Scratch {
     k: Vec<f32>,
     v: Vec<f32>,
     rotated_q: Vec<f32>,
+    rotated_k: Vec<f32>,
     attn: Vec<f32>,
     attn_q8: Q8Row,
     /// One score row per thread.
@@ -478,8 +482,7 @@ impl Decoder {
                 ],
             );
             s.rotated_q.resize(s.q.len(), 0.0);
-            let rows = self.cache.rows_mut(&layer.cache_key, 1, kv_width)?;
-            let cached = &mut rows[0];
+            s.rotated_k.resize(kv_width, 0.0);
             match &tables {
                 Some(t) => {
                     gstick_nn::kernels::rows::rotate_heads(
@@ -490,15 +493,13 @@ impl Decoder {
                         scale,
                         &mut s.rotated_q,
                     );
-                    let start = cached.keys.len();
-                    cached.keys.resize(start + kv_width, 0.0);
                     gstick_nn::kernels::rows::rotate_heads(
                         &s.k,
                         d,
                         &t.cos,
                         &t.sin,
                         1.0,
-                        &mut cached.keys[start..],
+                        &mut s.rotated_k,
                     );
                 }
                 None => {
@@ -506,10 +507,52 @@ impl Decoder {
                         .iter_mut()
                         .zip(&s.q)
                         .for_each(|(r, q)| *r = q * scale);
-                    cached.keys.extend_from_slice(&s.k);
+                    s.rotated_k.copy_from_slice(&s.k);
                 }
             }
-            cached.values.extend_from_slice(&s.v);
+            let rows = self.cache.rows_mut(&layer.cache_key, 1, kv_width)?;
+            let cached = &mut rows[0];
+            let cache = match &layer.kv_quant {
+                None => {
+                    cached.keys.extend_from_slice(&s.rotated_k);
+                    cached.values.extend_from_slice(&s.v);
+                    CacheView::F32 {
+                        keys: &cached.keys,
+                        values: &cached.values,
+                    }
+                }
+                Some(quant) => {
+                    let bad = |what: &str| Error::Layer {
+                        layer: layer.cache_key.clone(),
+                        message: format!("the new {what} hold NaN or infinity"),
+                    };
+                    kv::append_rows(
+                        quant,
+                        true,
+                        &s.rotated_k,
+                        kv_width,
+                        &mut cached.qkeys,
+                        &mut cached.key_scales,
+                    )
+                    .map_err(|_| bad("keys"))?;
+                    kv::append_rows(
+                        quant,
+                        false,
+                        &s.v,
+                        kv_width,
+                        &mut cached.qvalues,
+                        &mut cached.value_scales,
+                    )
+                    .map_err(|_| bad("values"))?;
+                    CacheView::Int8 {
+                        quant,
+                        keys: &cached.qkeys,
+                        key_scales: &cached.key_scales,
+                        values: &cached.qvalues,
+                        value_scales: &cached.value_scales,
+                    }
+                }
+            };
             s.attn.resize(heads * d, 0.0);
             s.scores.resize_with(pool.threads(), Vec::new);
             attend_one(
@@ -521,8 +564,7 @@ impl Decoder {
                     dim: d,
                 },
                 &s.rotated_q,
-                &cached.keys,
-                &cached.values,
+                cache,
                 &mut s.scores,
                 &mut s.attn,
             );
@@ -671,6 +713,7 @@ fn read_layer(g: &Network, p: &str) -> Result<(Layer, (usize, usize, usize, Opti
         up: m("mlp.up_proj", "post_attention_layernorm")?,
         down: m("mlp.down_proj", "mlp.gate_up")?,
         cache_key: format!("{p}.self_attn.attention"),
+        kv_quant: attn.kv_quant.clone(),
     };
     Ok((
         layer,
@@ -743,21 +786,44 @@ struct Heads {
     dim: usize,
 }
 
+/// The cached keys and values one decode step reads.
+#[derive(Clone, Copy)]
+enum CacheView<'a> {
+    F32 {
+        keys: &'a [f32],
+        values: &'a [f32],
+    },
+    Int8 {
+        quant: &'a KvQuant,
+        keys: &'a [i8],
+        key_scales: &'a [f32],
+        values: &'a [i8],
+        value_scales: &'a [f32],
+    },
+}
+
+impl CacheView<'_> {
+    fn len(&self) -> usize {
+        match self {
+            CacheView::F32 { keys, .. } => keys.len(),
+            CacheView::Int8 { keys, .. } => keys.len(),
+        }
+    }
+}
+
 /// softmax(q k^T) v for one query row against every cached position, query heads split over the
 /// pool's threads (each with its own score row in `scores`).
-#[allow(clippy::too_many_arguments)]
 fn attend_one(
     pool: &SpinPool,
     path: MathPath,
     h: Heads,
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    cache: CacheView,
     scores: &mut [Vec<f32>],
     out: &mut [f32],
 ) {
     let kv_width = h.kv_heads * h.dim;
-    let positions = keys.len() / kv_width;
+    let positions = cache.len() / kv_width;
     let group = h.heads / h.kv_heads;
     let threads = pool.threads();
     let rows: Vec<Shared> = scores
@@ -773,19 +839,42 @@ fn attend_one(
         let scores = unsafe { std::slice::from_raw_parts_mut(rows[t].get(), positions) };
         for head in (t..h.heads).step_by(threads) {
             let kv = head / group;
-            vector_math::dot_strided(
-                path,
-                &keys[kv * h.dim..],
-                kv_width,
-                &q[head * h.dim..(head + 1) * h.dim],
-                scores,
-            );
+            let qh = &q[head * h.dim..(head + 1) * h.dim];
+            match cache {
+                CacheView::F32 { keys, .. } => {
+                    vector_math::dot_strided(path, &keys[kv * h.dim..], kv_width, qh, scores)
+                }
+                CacheView::Int8 {
+                    quant,
+                    keys,
+                    key_scales,
+                    ..
+                } => kv::key_scores(quant, keys, key_scales, kv_width, kv * h.dim, qh, scores),
+            }
             let max = vector_math::max(path, scores);
             let sum = vector_math::exp_shifted_sum(path, scores, max);
             vector_math::scale(path, scores, 1.0 / sum);
             let o =
                 unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(head * h.dim), h.dim) };
-            vector_math::weighted_rows(path, &values[kv * h.dim..], kv_width, scores, o);
+            match cache {
+                CacheView::F32 { values, .. } => {
+                    vector_math::weighted_rows(path, &values[kv * h.dim..], kv_width, scores, o)
+                }
+                CacheView::Int8 {
+                    quant,
+                    values,
+                    value_scales,
+                    ..
+                } => kv::weighted_values(
+                    quant,
+                    values,
+                    value_scales,
+                    kv_width,
+                    kv * h.dim,
+                    scores,
+                    o,
+                ),
+            }
         }
     };
     pool.run(&work);

@@ -21,22 +21,22 @@ use crate::packed_linear::PackedLinear;
 pub enum DeployWeight {
     /// Int8 or int4 weights, float activations: a `PackedLinear`.
     Packed(PackedWeight),
-    /// Int8 weights, int8 per-token activations: an `A8W8Linear`.
-    A8W8(A8W8Weight),
+    /// Int8 weights, int8 activations (per token, or static per tensor): an `A8W8Linear`.
+    A8W8(A8W8Weight, ActivationQuant),
 }
 
 impl DeployWeight {
     pub fn shape(&self) -> (usize, usize) {
         match self {
             DeployWeight::Packed(w) => (w.rows, w.cols),
-            DeployWeight::A8W8(w) => (w.rows, w.cols),
+            DeployWeight::A8W8(w, _) => (w.rows, w.cols),
         }
     }
 
     pub fn bytes(&self) -> usize {
         match self {
             DeployWeight::Packed(w) => w.bytes(),
-            DeployWeight::A8W8(w) => w.bytes(),
+            DeployWeight::A8W8(w, _) => w.bytes(),
         }
     }
 }
@@ -101,8 +101,9 @@ pub fn install_linears(
                     bias,
                     label,
                 }) as Box<dyn Cell>,
-                DeployWeight::A8W8(w) => Box::new(A8W8Linear {
+                DeployWeight::A8W8(w, activation) => Box::new(A8W8Linear {
                     weight: Arc::new(w),
+                    activation,
                     bias,
                     label,
                 }),
@@ -142,18 +143,18 @@ pub fn install(net: &mut Network, model: &QuantizedModel) -> Result<DeployReport
     for (name, l) in &model.linears {
         let w = match l.activation {
             None => DeployWeight::Packed(PackedWeight::from_quantized(&l.weight)),
-            Some(ActivationQuant::DynamicPerToken) => {
-                DeployWeight::A8W8(A8W8Linear::weight_from(&l.weight).map_err(|message| {
-                    Error::Layer {
-                        layer: name.clone(),
-                        message,
-                    }
-                })?)
-            }
+            Some(act) => DeployWeight::A8W8(
+                A8W8Linear::weight_from(&l.weight).map_err(|message| Error::Layer {
+                    layer: name.clone(),
+                    message,
+                })?,
+                act,
+            ),
         };
         weights.insert(name.clone(), (w, l.label.clone()));
     }
     let report = install_linears(net, weights)?;
+    gstick_nn::cells::install_kv_quant(net, &model.kv_caches)?;
     for (p, t) in overrides {
         p.set(&Tensor::from_slice(
             &t.values,

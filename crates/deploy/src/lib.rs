@@ -1,7 +1,7 @@
 //! Deployment: cells that compute on the integer kernels, and the loaders that put a quantized
 //! model on them. Nothing here depends on an algorithm: a model arrives as the neutral
 //! [`QuantizedModel`](gstick_quant::QuantizedModel) or as a checkpoint in one of the formats
-//! `gstick-export` writes (Golden Stick, Hugging Face GPTQ, GGUF).
+//! `gstick-export` writes (Golden Stick, Hugging Face GPTQ, compressed-tensors, GGUF).
 //!
 //! - [`decoder`]: batch-1 decoding of a Llama-family network without the executor, with
 //!   spinning threads and int8 activations against packed weights.
@@ -10,10 +10,11 @@
 //! - [`int8_cells`]: the int8 CNN cells that `qat`'s convert produces.
 //! - [`install`]: puts packed Linears into a network by name (all or nothing).
 //! - [`load`]: reads a model path (GGUF file, float or quantized Hugging Face directory) into a
-//!   runnable network, quantized Linears on the kernels; [`gs`], [`gptq`] and [`gguf`] read
-//!   each format's quantized tensors.
+//!   runnable network, quantized Linears on the kernels; [`gs`], [`gptq`],
+//!   [`compressed_tensors`] and [`gguf`] read each format's quantized tensors.
 
 pub mod a8w8_linear;
+pub mod compressed_tensors;
 pub mod decoder;
 pub mod gguf;
 pub mod gptq;

@@ -1,5 +1,5 @@
 //! Loading a model path into a runnable network: a GGUF file, a float Hugging Face directory, or
-//! a quantized directory (Golden Stick or Hugging Face GPTQ format) whose Linears run on the
+//! a quantized directory (Golden Stick, Hugging Face GPTQ or compressed-tensors format) whose Linears run on the
 //! integer kernels. Every quantized format goes through one skeleton builder: the network is
 //! built from `config.json` with a placeholder in place of each quantized weight, and the packed
 //! weights are installed afterwards, so no f32 copy of a quantized weight is ever made.
@@ -46,6 +46,9 @@ pub fn load(path: &Path) -> Result<Lm> {
     let tokenizer = tokenizer_from_hf(&ck)?;
     let (net, config, deploy) = match quantized_format(path)? {
         Some("gs") => on_kernels(&mut crate::gs::GsReader::open(ck)?)?,
+        Some("compressed-tensors") => {
+            on_kernels(&mut crate::compressed_tensors::CtReader::open(ck)?)?
+        }
         Some(_) => on_kernels(&mut crate::gptq::GptqReader::open(ck)?)?,
         None => {
             drop(ck);
@@ -75,7 +78,8 @@ pub fn load_gguf_on_kernels(path: &Path) -> Result<Lm> {
     })
 }
 
-/// `gs` for a Golden Stick quantized directory, `gptq` for the Hugging Face GPTQ format, `None`
+/// `gs` for a Golden Stick quantized directory, `gptq` for the Hugging Face GPTQ format,
+/// `compressed-tensors` for vLLM's / llm-compressor's, `None`
 /// for a float checkpoint; any other quantization method is refused, naming it.
 pub fn quantized_format(dir: &Path) -> Result<Option<&'static str>> {
     if dir.join("quantization_description.json").exists() {
@@ -89,11 +93,12 @@ pub fn quantized_format(dir: &Path) -> Result<Option<&'static str>> {
     match v["quantization_config"]["quant_method"].as_str() {
         None => Ok(None),
         Some("gptq") => Ok(Some("gptq")),
+        Some("compressed-tensors") => Ok(Some("compressed-tensors")),
         Some("golden-stick") => Ok(Some("gs")),
         Some(other) => Err(load_error(
             &config,
             format!(
-                "quantization method `{other}` is not supported (Golden Stick reads gptq and its own format)"
+                "quantization method `{other}` is not supported (Golden Stick reads gptq, compressed-tensors and its own format)"
             ),
         )),
     }
@@ -111,6 +116,10 @@ pub(crate) trait PackedReader {
     fn float(&mut self, name: &str, shape: &[usize]) -> gstick_models::Result<Tensor>;
     /// Where the checkpoint lives, for error messages.
     fn path(&self) -> &Path;
+    /// Attentions whose KV cache is int8, by full name (formats that cannot say so have none).
+    fn kv_caches(&mut self) -> Result<BTreeMap<String, gstick_quant::KvQuant>> {
+        Ok(BTreeMap::new())
+    }
 }
 
 /// The weight source of the skeleton: quantized weights are set aside (a one-value placeholder
@@ -152,5 +161,7 @@ pub(crate) fn on_kernels(
     let mut net = build_llama(&config, &mut skeleton)?;
     let packed = std::mem::take(&mut skeleton.packed);
     let report = install_linears(&mut net, packed)?;
+    let caches = skeleton.reader.kv_caches()?;
+    gstick_nn::cells::install_kv_quant(&mut net, &caches)?;
     Ok((net, config, Some(report)))
 }

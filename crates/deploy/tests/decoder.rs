@@ -236,3 +236,88 @@ fn smollm2_decodes_like_the_executor() {
         assert!(gap < 2e-3, "W{bits}: relative logit gap {gap}");
     }
 }
+
+/// The network with every attention's KV cache int8, static scales calibrated on the prompt.
+fn with_int8_cache(net: &Network, dynamic: bool) -> Network {
+    use gstick_nn::cells::{install_kv_quant, KvRange, SelfAttention};
+    use gstick_quant::KvQuant;
+    use std::sync::{Arc, Mutex};
+    let mut caches = BTreeMap::new();
+    for (name, node) in net.nodes_recursive() {
+        if node
+            .cell()
+            .and_then(|c| downcast::<SelfAttention>(c.as_ref()))
+            .is_some()
+        {
+            caches.insert(name, KvQuant::DynamicPerToken);
+        }
+    }
+    assert_eq!(caches.len(), 2);
+    if !dynamic {
+        // Calibrate: record each attention's key and value ranges on a few prompts.
+        let mut observed = net.clone();
+        let ranges: BTreeMap<String, Arc<Mutex<KvRange>>> =
+            caches.keys().map(|k| (k.clone(), Arc::default())).collect();
+        observed
+            .replace_cells(|site| {
+                let (Some(a), Some(r)) = (
+                    downcast::<SelfAttention>(site.cell.as_ref()),
+                    ranges.get(site.qualified),
+                ) else {
+                    return Ok::<_, gstick_nn::Error>(None);
+                };
+                let mut a = a.clone();
+                a.kv_observer = Some(r.clone());
+                Ok(Some(Box::new(a) as Box<dyn gstick_nn::Cell>))
+            })
+            .unwrap();
+        let mut all: Vec<u32> = PROMPT.to_vec();
+        all.extend(STEPS);
+        logits_along(&mut GraphLm::new(&observed, false), &all, &[]);
+        for (name, r) in &ranges {
+            let r = r.lock().unwrap();
+            caches.insert(
+                name.clone(),
+                KvQuant::static_from_absmax(&r.key_absmax, &r.value_absmax).unwrap(),
+            );
+        }
+    }
+    let mut out = net.clone();
+    install_kv_quant(&mut out, &caches).unwrap();
+    out
+}
+
+#[test]
+fn an_int8_kv_cache_follows_the_executor_in_a_quarter_of_the_memory() {
+    let net = tiny(8);
+    let mut float = Decoder::new(&net, 0).unwrap();
+    let float_logits = logits_along(&mut float, &PROMPT, &STEPS);
+    for dynamic in [true, false] {
+        let q = with_int8_cache(&net, dynamic);
+        let mut decoder = Decoder::new(&q, 0).unwrap();
+        let ours = logits_along(&mut decoder, &PROMPT, &STEPS);
+        // The executor quantizes the same rows and dequantizes them; the decoder reads the
+        // integers: the same values up to float rounding.
+        let reference = logits_along(&mut GraphLm::new(&q, true), &PROMPT, &STEPS);
+        let gap = relative_gap(&ours, &reference);
+        assert!(gap < 1e-5, "dynamic {dynamic}: decoder vs executor {gap}");
+        // And the cache is not the float one.
+        let moved = relative_gap(&ours, &float_logits);
+        assert!(
+            moved > 1e-6,
+            "dynamic {dynamic}: int8 cache changed nothing"
+        );
+        assert!(
+            moved < 0.05,
+            "dynamic {dynamic}: int8 cache moved logits by {moved}"
+        );
+        // Stored in int8: a quarter of the f32 bytes, plus 4 bytes per row for per-token scales.
+        let rows = 2 * 2 * (PROMPT.len() + STEPS.len()); // layers x (keys, values) x positions
+        let scales = if dynamic { 4 * rows } else { 0 };
+        assert_eq!(
+            decoder.cache_bytes(),
+            float.cache_bytes() / 4 + scales,
+            "dynamic {dynamic}"
+        );
+    }
+}

@@ -42,7 +42,7 @@ pub fn write_gptq(model: &QuantizedModel, src: &mut Source, out: &Path) -> Resul
     let (config, tokenizer) = (src.config, src.tokenizer);
     let weights = &mut *src.weights;
     crate::write_dir_atomically(out, |dir| {
-        write_model_safetensors(model, weights, specs, dir, |name, w| {
+        write_model_safetensors(model, weights, specs, dir, Vec::new(), |name, w| {
             let stem = name.strip_suffix(".weight").unwrap_or(name);
             let bad = |e: gstick_quant::FormatError| export_error(dir, format!("`{stem}`: {e}"));
             let shapes = layout.shapes(w.rows, w.cols).map_err(bad)?;

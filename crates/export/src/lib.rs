@@ -1,11 +1,13 @@
 //! Writing a quantized model in the formats other tools load: Golden Stick's own Hugging Face
-//! layout ([`gs`]), the Hugging Face GPTQ format ([`hf_gptq`]), GGUF ([`gguf`]), and int8 CNNs as
+//! layout ([`gs`]), the Hugging Face GPTQ format ([`hf_gptq`]), compressed-tensors
+//! ([`compressed_tensors`], vLLM's and llm-compressor's), GGUF ([`gguf`]), and int8 CNNs as
 //! ONNX QDQ ([`onnx`]). Exporters read the neutral [`QuantizedModel`] and the source model's
 //! float tensors, one tensor at a time from its memory-mapped file, so an export never holds the
 //! whole float model. Every export goes to a new directory built under a temporary name and
 //! renamed into place: a failed export leaves nothing half-written, and an existing path (the
 //! input included) is never overwritten.
 
+pub mod compressed_tensors;
 pub mod gguf;
 pub mod gs;
 pub mod hf_gptq;
@@ -40,7 +42,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The formats a quantized LLM is written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// Golden Stick directory (msModelSlim names, `quantization_description.json`).
     Gs,
@@ -48,6 +50,8 @@ pub enum Format {
     Gptq,
     /// GGUF with Q8_0 / Q4_0 / Q4_1 tensors (metadata from a GGUF source).
     Gguf,
+    /// compressed-tensors (`int-quantized` / `pack-quantized`), as vLLM and llm-compressor.
+    CompressedTensors,
 }
 
 impl Format {
@@ -56,6 +60,7 @@ impl Format {
             Format::Gs => "gs",
             Format::Gptq => "gptq",
             Format::Gguf => "gguf",
+            Format::CompressedTensors => "compressed-tensors",
         }
     }
 }
@@ -105,10 +110,29 @@ pub fn save(
             ),
         ));
     }
+    if let (Format::Gptq | Format::Gguf | Format::CompressedTensors, Some((attn, q))) =
+        (format, model.first_kv_quantized())
+    {
+        return Err(export_error(
+            out,
+            format!(
+                "`{attn}` has an int8 KV cache ({}), which the {} format cannot express; use the gs format",
+                q.name(),
+                match format {
+                    Format::Gguf => "GGUF",
+                    Format::CompressedTensors => "compressed-tensors (as written here)",
+                    _ => "Hugging Face GPTQ",
+                }
+            ),
+        ));
+    }
     match format {
         Format::Gs => gs::write_gs(model, source, out),
         Format::Gptq => hf_gptq::write_gptq(model, source, out),
         Format::Gguf => gguf::write_gguf(model, source, out),
+        Format::CompressedTensors => {
+            compressed_tensors::write_compressed_tensors(model, source, out)
+        }
     }
 }
 

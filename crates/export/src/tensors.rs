@@ -41,6 +41,22 @@ impl OwnedTensor {
         }
     }
 
+    pub fn i8(shape: Vec<usize>, values: &[i8]) -> Self {
+        OwnedTensor {
+            dtype: Dtype::I8,
+            shape,
+            data: values.iter().map(|&v| v as u8).collect(),
+        }
+    }
+
+    pub fn i64(shape: Vec<usize>, values: impl IntoIterator<Item = i64>) -> Self {
+        OwnedTensor {
+            dtype: Dtype::I64,
+            shape,
+            data: values.into_iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
     pub fn i32(shape: Vec<usize>, values: impl IntoIterator<Item = i32>) -> Self {
         OwnedTensor {
             dtype: Dtype::I32,
@@ -142,6 +158,7 @@ pub(crate) fn write_model_safetensors(
     weights: &mut dyn WeightSource,
     specs: Vec<(String, Vec<usize>)>,
     dir: &Path,
+    extra: Vec<(String, OwnedTensor)>,
     mut quantized: impl FnMut(&str, &QuantizedWeight) -> Result<Vec<(String, OwnedTensor)>>,
 ) -> Result<Vec<String>> {
     let reader = RefCell::new(FloatReader {
@@ -168,6 +185,9 @@ pub(crate) fn write_model_safetensors(
                 tensors.insert(name, view);
             }
         }
+    }
+    for (n, t) in extra {
+        tensors.insert(n, ExportTensor::Owned(t));
     }
     let path = dir.join("model.safetensors");
     safetensors::tensor::serialize_to_file(tensors.iter(), None, &path)

@@ -172,7 +172,7 @@ impl<'s> Calibrated<'s> {
             if self.quantizer.recipe.needs_calibration() {
                 return Err(Error::Input {
                     path: self.source.path().display().to_string(),
-                    message: "GPTQ and AWQ learn from calibration data: give calibration windows"
+                    message: "GPTQ, AWQ, SmoothQuant, OSL and static activation or KV-cache scales learn from calibration data: give calibration windows"
                         .into(),
                 });
             }

@@ -63,7 +63,7 @@ fn quantize_save_and_load_in_every_format() {
     let mut fake = float.net.clone();
     gstick::ptq::fake_quant_linear::install_fake(&mut fake, &quantized.model).unwrap();
     let fake_ppl = ppl(&fake, &source);
-    for format in [Format::Gs, Format::Gptq] {
+    for format in [Format::Gs, Format::Gptq, Format::CompressedTensors] {
         let out = dir.0.join(format.name());
         quantized.save(format, &out).unwrap();
         let lm = gstick::load(&out).unwrap();
@@ -123,19 +123,28 @@ fn the_in_memory_algorithm_gives_the_layer_wise_weights() {
 
 #[test]
 fn unimplemented_recipes_are_refused_before_any_work() {
-    for yaml in [
-        "outliers_suppression: smooth\nact_quant_dtype: int8\n",
-        "kvcache_quant_dtype: int8\n",
-        "act_quant_dtype: int8\noutliers_suppression: outlier-suppression-lite\n",
+    for (yaml, says) in [
+        ("outliers_suppression: smooth\n", "not implemented"),
+        (
+            "act_quant_dtype: int8\noutliers_suppression: outlier-suppression+\n",
+            "not implemented",
+        ),
+        // A8W4 without act-order: the original refuses it in quantize mode.
+        (
+            "weight_quant_dtype: int4\nweight_quant_granularity: per_group\ngroup_size: 64\n\
+             precision_recovery: gptq\nact_quant_dtype: int8\nact_quant_granularity: per_token\n\
+             gptq:\n  desc_act: false\n",
+            "gptq.desc_act",
+        ),
     ] {
         let recipe = Recipe::from_yaml(yaml, "r.yaml").unwrap();
         let err = Quantizer::new(recipe).err().expect("refused").to_string();
-        assert!(err.contains("not implemented"), "{yaml}: {err}");
+        assert!(err.contains(says), "{yaml}: {err}");
         let err = Ptq::new(Recipe::from_yaml(yaml, "r.yaml").unwrap())
             .err()
             .expect("refused")
             .to_string();
-        assert!(err.contains("not implemented"), "{yaml}: {err}");
+        assert!(err.contains(says), "{yaml}: {err}");
     }
     // GPTQ without calibration windows.
     let dir = temp("nocalib");
@@ -149,6 +158,16 @@ fn unimplemented_recipes_are_refused_before_any_work() {
         .expect("refused")
         .to_string();
     assert!(err.contains("calibration"), "{err}");
+    // Nor static activations, whose ranges come from calibration.
+    let statics = Recipe::from_yaml("act_quant_dtype: int8\n", "s.yaml").unwrap();
+    let err = Quantizer::new(statics)
+        .unwrap()
+        .calibrate(&source, &Calibration::default())
+        .run()
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("static activation"), "{err}");
 }
 
 /// Changes a tensor's bytes and shape.
@@ -188,7 +207,7 @@ fn hostile_quantized_checkpoints_are_errors_that_name_the_tensor() {
         .run()
         .unwrap();
     let stem = "model.layers.1.mlp.up_proj";
-    let cases: [(&str, Format, &str, Corruption); 4] = [
+    let cases: [(&str, Format, &str, Corruption); 7] = [
         ("scale", Format::Gs, "weight_scale", |b, _| {
             b[..4].copy_from_slice(&(-1f32).to_le_bytes())
         }),
@@ -203,6 +222,27 @@ fn hostile_quantized_checkpoints_are_errors_that_name_the_tensor() {
         ("zero scale", Format::Gptq, "scales", |b, _| {
             b[..2].copy_from_slice(&[0, 0])
         }),
+        (
+            "packed",
+            Format::CompressedTensors,
+            "weight_packed",
+            |b, s| {
+                b.truncate(b.len() / 2);
+                s[0] /= 2;
+            },
+        ),
+        (
+            "ct scale",
+            Format::CompressedTensors,
+            "weight_scale",
+            |b, _| b[..4].copy_from_slice(&f32::NAN.to_le_bytes()),
+        ),
+        (
+            "ct shape",
+            Format::CompressedTensors,
+            "weight_shape",
+            |b, _| b[..8].copy_from_slice(&7i64.to_le_bytes()),
+        ),
     ];
     for (tag, format, suffix, f) in cases {
         let out = dir.0.join(tag);
@@ -321,19 +361,28 @@ fn the_example_recipes_run() {
             .calibrate(&source, &calib)
             .run()
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let dynamic: Vec<&str> = quantized
-            .model
-            .linears
-            .iter()
-            .filter(|(_, l)| l.activation.is_some())
-            .map(|(n, _)| n.as_str())
-            .collect();
+        use gstick::quant::{ActivationQuant, KvQuant};
+        let m = &quantized.model;
+        let with = |want: fn(Option<ActivationQuant>) -> bool| -> Vec<&str> {
+            m.linears
+                .iter()
+                .filter(|(_, l)| want(l.activation))
+                .map(|(n, _)| n.as_str())
+                .collect()
+        };
+        let dynamic = with(|a| a == Some(ActivationQuant::DynamicPerToken));
+        let statics = with(|a| matches!(a, Some(ActivationQuant::StaticPerTensor { .. })));
+        let weight_only = with(|a| a.is_none());
+        let smoothed = !m.float_overrides.is_empty();
+        let kv: Vec<&KvQuant> = m.kv_caches.values().collect();
+        let bits: std::collections::BTreeSet<u32> =
+            m.linears.values().map(|l| l.weight.scheme.bits).collect();
         match name.as_str() {
             "w8a8_dynamic.yaml" => assert_eq!(dynamic.len(), 14, "{name}"),
             "w8a8_dynamic_smooth.yaml" => {
                 assert_eq!(dynamic.len(), 14, "{name}");
                 assert!(
-                    !quantized.model.float_overrides.is_empty(),
+                    smoothed,
                     "{name}: no smoothing scale was folded into a norm"
                 );
             }
@@ -346,9 +395,58 @@ fn the_example_recipes_run() {
                     "{dynamic:?}"
                 );
             }
+            "w8a8_static_smooth.yaml" | "w8a8_static_osl.yaml" => {
+                assert_eq!(statics.len(), 14, "{name}");
+                assert!(
+                    smoothed,
+                    "{name}: no smoothing scale was folded into a norm"
+                );
+            }
+            "w8a8_mixed.yaml" => {
+                assert_eq!((statics.len(), dynamic.len()), (8, 6), "{name}");
+                assert!(
+                    statics.iter().all(|n| n.contains("self_attn")),
+                    "{statics:?}"
+                );
+            }
+            "w8a8_dynamic_fallback.yaml" => {
+                assert_eq!((dynamic.len(), weight_only.len()), (12, 2), "{name}");
+                assert!(
+                    weight_only.iter().all(|n| n.ends_with("down_proj")),
+                    "{weight_only:?}"
+                );
+            }
+            "a8w4.yaml" => {
+                assert_eq!(dynamic.len(), 14, "{name}");
+                assert_eq!(bits.into_iter().collect::<Vec<_>>(), [4], "{name}");
+            }
+            "kv_int8_dynamic.yaml" => {
+                assert!(m.linears.is_empty(), "{name}");
+                assert_eq!(kv, [&KvQuant::DynamicPerToken; 2], "{name}");
+            }
+            "w8a16_kv_int8_static.yaml" => {
+                assert_eq!(weight_only.len(), 14, "{name}");
+                assert_eq!(kv.len(), 2, "{name}");
+                assert!(kv
+                    .iter()
+                    .all(|q| matches!(q, KvQuant::StaticPerChannel { .. })));
+            }
             other => panic!("{other}: no expectation for this recipe"),
         }
+        // Each saves as a gs directory and loads back with the same model.
+        let out = dir.0.join(name.replace(".yaml", ""));
+        quantized
+            .save(Format::Gs, &out)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let lm = gstick::load(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut fake = gstick::load(&dir.0.join("float")).unwrap().net;
+        gstick::ptq::fake_quant_linear::install_fake(&mut fake, m).unwrap();
+        assert_eq!(
+            ppl(&lm.net, &source),
+            ppl(&fake, &source),
+            "{name}: deployed vs simulated"
+        );
         seen.push(name);
     }
-    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen.len(), 10, "{seen:?}");
 }

@@ -6,17 +6,30 @@
 use std::collections::HashMap;
 
 /// The cached keys and values of one sequence at one attention node: (positions, width) rows,
-/// keys already rotated.
+/// keys already rotated. An attention with an int8 KV cache (`gstick_quant::kv`) keeps its rows
+/// in `qkeys`/`qvalues` (with per-row scales when they are per token) and leaves the f32 rows
+/// empty.
 #[derive(Clone, Debug, Default)]
 pub struct KvRows {
     pub width: usize,
     pub keys: Vec<f32>,
     pub values: Vec<f32>,
+    pub qkeys: Vec<i8>,
+    pub qvalues: Vec<i8>,
+    pub key_scales: Vec<f32>,
+    pub value_scales: Vec<f32>,
 }
 
 impl KvRows {
     pub fn positions(&self) -> usize {
-        self.keys.len() / self.width.max(1)
+        (self.keys.len() + self.qkeys.len()) / self.width.max(1)
+    }
+
+    /// Bytes held by the rows and their scales.
+    pub fn bytes(&self) -> usize {
+        4 * (self.keys.len() + self.values.len() + self.key_scales.len() + self.value_scales.len())
+            + self.qkeys.len()
+            + self.qvalues.len()
     }
 }
 
@@ -69,11 +82,7 @@ impl KvCache {
 
     /// Bytes held by the cached keys and values.
     pub fn bytes(&self) -> usize {
-        self.entries
-            .values()
-            .flatten()
-            .map(|r| (r.keys.len() + r.values.len()) * 4)
-            .sum()
+        self.entries.values().flatten().map(KvRows::bytes).sum()
     }
 
     /// Forgets everything (a new sequence starts).

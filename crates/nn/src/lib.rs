@@ -22,7 +22,7 @@ pub use cell::{Cell, CellCtx, Mode, Network};
 pub use comp_algo::{CompAlgo, ConfigError};
 pub use error::{Error, Result};
 pub use executor::{Executor, HookCall, Profile};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvRows};
 pub use param::{named_params, Param};
 
 /// The seeded random generator used for initialization, dropout and shuffling.

@@ -79,8 +79,12 @@ pub fn search_layer(
         let Some(policy) = policy_of(name) else {
             continue;
         };
-        let wants_clip =
-            policy.weight_clip || policy.outliers_suppression == OutliersSuppression::Awq;
+        // The original's clipper runs for AWQ and OSL, and wherever weight_clip asks for it.
+        let wants_clip = policy.weight_clip
+            || matches!(
+                policy.outliers_suppression,
+                OutliersSuppression::Awq | OutliersSuppression::OutlierSuppressionLite
+            );
         if wants_clip && !name.ends_with("q_proj") && !name.ends_with("k_proj") {
             match outcome.scales.get(name) {
                 Some(s) => clip_linear(layer, name, &stats[name].divided_by(s), &policy)?,
@@ -138,6 +142,11 @@ fn layer_error(layer: &str, message: impl Into<String>) -> Error {
         layer: layer.to_string(),
         message: message.into(),
     }
+}
+
+/// The bias of the Linear at `id`, if it is a Linear with one.
+pub(crate) fn linear_bias(layer: &Network, id: NodeId) -> Option<Param> {
+    linear_at(layer, id).and_then(|l| l.bias)
 }
 
 fn linear_at(layer: &Network, id: NodeId) -> Option<Linear> {

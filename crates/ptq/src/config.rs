@@ -153,8 +153,12 @@ pub struct PtqConfig {
     pub mode: PtqMode,
     /// Layers whose full name contains one of these strings are left alone.
     pub opname_blacklist: Vec<String>,
+    /// `none` in a recipe for no quantization (the original's `None`).
+    #[serde(with = "dtype_or_none")]
     pub weight_quant_dtype: Option<QuantDtype>,
+    #[serde(with = "dtype_or_none")]
     pub kvcache_quant_dtype: Option<QuantDtype>,
+    #[serde(with = "dtype_or_none")]
     pub act_quant_dtype: Option<QuantDtype>,
     pub precision_recovery: PrecisionRecovery,
     pub outliers_suppression: OutliersSuppression,
@@ -192,6 +196,38 @@ impl Default for PtqConfig {
             gptq: GptqConfig::default(),
             awq: AwqConfig::default(),
             smooth: SmoothConfig::default(),
+        }
+    }
+}
+
+/// A dtype field of a recipe: a dtype name, or `none` (TOML has no null, and YAML's is refused
+/// so that a recipe never means something by accident).
+mod dtype_or_none {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::QuantDtype;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Field {
+        Dtype(QuantDtype),
+        Word(String),
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<QuantDtype>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => d.serialize(s),
+            None => s.serialize_str("none"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<QuantDtype>, D::Error> {
+        match Field::deserialize(d)? {
+            Field::Dtype(t) => Ok(Some(t)),
+            Field::Word(w) if w == "none" => Ok(None),
+            Field::Word(w) => Err(serde::de::Error::custom(format!(
+                "unknown dtype `{w}` (int8, int4, int3, int2 or none)"
+            ))),
         }
     }
 }
@@ -352,9 +388,16 @@ impl PtqConfig {
         if self.outliers_suppression == OutliersSuppression::OutlierSuppressionLite
             && !(w == Some(Int8) && a == Some(Int8) && self.kvcache_quant_dtype.is_none())
         {
+            let why = if self.kvcache_quant_dtype.is_some() {
+                "kvcache_quant_dtype is set"
+            } else {
+                "weight_quant_dtype and act_quant_dtype must both be int8"
+            };
             return Err(invalid(
                 "outliers_suppression",
-                "outlier-suppression-lite needs exactly A8W8 without KV quantization",
+                format!(
+                    "outlier-suppression-lite needs exactly A8W8 without KV quantization ({why})"
+                ),
             ));
         }
         if low_bit_weights && self.kvcache_quant_dtype.is_some() {
@@ -427,14 +470,25 @@ impl PtqConfig {
     }
 
     /// How a Linear quantized with this configuration has its input quantized: int8 per token
-    /// for `act_quant_dtype` int8 with `act_quant_granularity` per_token, `None` for weight-only
-    /// (static per-tensor activations are refused by `supported::check` until implemented).
-    pub fn activation_quant(&self) -> Option<gstick_quant::ActivationQuant> {
+    /// for `act_quant_granularity` per_token, int8 per tensor from `input_range` (the
+    /// calibrated min and max of the input, which static quantization needs) for per_tensor,
+    /// `None` for weight-only.
+    pub fn activation_quant(
+        &self,
+        input_range: Option<(f32, f32)>,
+    ) -> Result<Option<gstick_quant::ActivationQuant>, String> {
+        use gstick_quant::ActivationQuant;
         match (self.act_quant_dtype, self.act_quant_granularity) {
             (Some(QuantDtype::Int8), QuantGranularity::PerToken) => {
-                Some(gstick_quant::ActivationQuant::DynamicPerToken)
+                Ok(Some(ActivationQuant::DynamicPerToken))
             }
-            _ => None,
+            (Some(QuantDtype::Int8), _) => {
+                let (lo, hi) = input_range.ok_or_else(|| {
+                    "static activation quantization needs the input's calibrated range".to_string()
+                })?;
+                ActivationQuant::static_from_range(lo, hi).map(Some)
+            }
+            _ => Ok(None),
         }
     }
 
@@ -446,10 +500,18 @@ impl PtqConfig {
     }
 
     /// The per-layer summary string of the original (`W4-per_group`, `GPTQ-W8-per_channel`,
-    /// `AWQ-wclip-W4-per_group`, `NA` when nothing is quantized).
+    /// `AWQ-wclip-W4-per_group`, `W8-per_channel-C8-per_token`, `C8-per_channel` for the KV
+    /// cache alone, `NA` when nothing is quantized).
     pub fn summary(&self) -> String {
+        let kv = self.kvcache_quant_dtype.map(|_| {
+            if self.kvcache_quant_granularity == QuantGranularity::PerToken {
+                "C8-per_token".to_string()
+            } else {
+                "C8-per_channel".to_string()
+            }
+        });
         let Some(w) = self.weight_quant_dtype else {
-            return "NA".into();
+            return kv.unwrap_or_else(|| "NA".into());
         };
         let mut parts = Vec::new();
         match self.outliers_suppression {
@@ -484,14 +546,7 @@ impl PtqConfig {
             };
             parts.push(format!("A8-{g}"));
         }
-        if self.kvcache_quant_dtype.is_some() {
-            let g = if self.kvcache_quant_granularity == QuantGranularity::PerToken {
-                "per_token"
-            } else {
-                "per_channel"
-            };
-            parts.push(format!("C8-{g}"));
-        }
+        parts.extend(kv);
         parts.join("-")
     }
 }

@@ -1,9 +1,9 @@
 //! The calibration-time quantized Linear: `WeightQuantLinear` keeps the integer weight and its
 //! scales (what exports and deploy read) and computes with the weight they stand for (fake
 //! quantization), so the pipeline's next layer sees exactly what the deployed model computes.
-//! With per-token activation quantization (dynamic A8W8) it computes through the deploy
-//! kernel itself (`quant::int8::a8w8`): calibration, evaluation and the deployed model then see
-//! the same bits, and the kernel is checked against plain arithmetic by its own tests.
+//! With int8 activations (dynamic per-token or static per-tensor A8W8) it computes through the
+//! deploy kernel itself (`quant::int8::a8w8`): calibration, evaluation and the deployed model
+//! then see the same bits, and the kernel is checked against plain arithmetic by its own tests.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use gstick_nn::cell::downcast;
 use gstick_nn::cells::Linear;
 use gstick_nn::{named_params, Cell, CellCtx, Network, Param};
-use gstick_quant::int8::a8w8::{self, quantize_token, A8W8Weight, TokenRows};
+use gstick_quant::int8::a8w8::{self, A8W8Weight, TokenRows};
 use gstick_quant::{
     ActivationQuant, FloatTensor, QuantizedLinear, QuantizedModel, QuantizedWeight,
 };
@@ -31,29 +31,27 @@ pub struct WeightQuantLinear {
     pub label: String,
 }
 
-/// `x` with each row (last dimension) quantized to int8 per token and back: what the deploy
-/// kernel multiplies (for analysis; the cell computes on the kernel). A row holding NaN or
-/// infinity is an error.
-pub fn fake_quantize_tokens(x: &Tensor) -> gstick_nn::Result<Tensor> {
+/// `x` with each row (last dimension) quantized to int8 as `act` says and back: what the deploy
+/// kernel multiplies (for analysis and tests; the cell computes on the kernel). A row holding
+/// NaN or infinity is an error.
+pub fn fake_quantize_activations(x: &Tensor, act: ActivationQuant) -> gstick_nn::Result<Tensor> {
     let dims = x.dims().to_vec();
     let cols = *dims.last().unwrap_or(&1);
-    let mut values: Vec<f32> = x
+    let values: Vec<f32> = x
         .flatten_all()?
         .to_dtype(candle_core::DType::F32)?
         .to_vec1()?;
-    let mut q = vec![0i8; cols];
-    for (t, row) in values.chunks_exact_mut(cols.max(1)).enumerate() {
-        let scale = quantize_token(row, &mut q);
-        if !scale.is_finite() {
-            return Err(gstick_nn::Error::Config(format!(
-                "input row {t} holds NaN or infinity"
-            )));
-        }
-        for (v, &qi) in row.iter_mut().zip(&q) {
-            *v = qi as f32 * scale;
-        }
+    let m = values.len() / cols.max(1);
+    let mut rows = TokenRows::default();
+    rows.quantize_as(act, &values, m, cols, 1)
+        .map_err(|t| gstick_nn::Error::Config(format!("input row {t} holds NaN or infinity")))?;
+    let mut out = Vec::with_capacity(values.len());
+    for t in 0..m {
+        let q = &rows.values[t * rows.k_padded..t * rows.k_padded + cols];
+        let (s, zp) = (rows.scales[t], rows.zero_point);
+        out.extend(q.iter().map(|&v| (v as i32 - zp) as f32 * s));
     }
-    Ok(Tensor::from_vec(values, dims, x.device())?.to_dtype(x.dtype())?)
+    Ok(Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())?)
 }
 
 impl Cell for WeightQuantLinear {
@@ -66,8 +64,8 @@ impl Cell for WeightQuantLinear {
             weight: self.weight.clone(),
             bias: self.bias.clone(),
         };
-        match (&self.int8, inputs) {
-            (Some(w), [x]) => self.forward_int8(w, x, ctx),
+        match (&self.int8, self.activation, inputs) {
+            (Some(w), Some(act), [x]) => self.forward_int8(w, act, x, ctx),
             _ => as_linear.forward(inputs, ctx),
         }
     }
@@ -87,10 +85,11 @@ impl Cell for WeightQuantLinear {
 }
 
 impl WeightQuantLinear {
-    /// Dynamic A8W8 on the deploy kernel (no backward: calibration and evaluation only).
+    /// A8W8 on the deploy kernel (no backward: calibration and evaluation only).
     fn forward_int8(
         &self,
         w: &A8W8Weight,
+        act: ActivationQuant,
         x: &Tensor,
         ctx: &mut CellCtx,
     ) -> gstick_nn::Result<Tensor> {
@@ -116,6 +115,7 @@ impl WeightQuantLinear {
             &values,
             m,
             w,
+            act,
             bias.as_deref(),
             &mut out,
             gstick_nn::kernels::kernel_threads(),
@@ -143,7 +143,7 @@ impl WeightQuantLinear {
         let dequantized = Tensor::from_vec(q.dequantize(), (q.rows, q.cols), &Device::Cpu)?;
         let int8 = match activation {
             None => None,
-            Some(ActivationQuant::DynamicPerToken) => Some(Arc::new(
+            Some(_) => Some(Arc::new(
                 A8W8Weight::from_quantized(&q).map_err(gstick_nn::Error::Config)?,
             )),
         };
@@ -166,10 +166,18 @@ pub fn linear_weight(linear: &Linear) -> gstick_nn::Result<(Vec<f32>, usize, usi
 }
 
 /// The quantized model a fake-quantized network holds: every `WeightQuantLinear` by its full
-/// name. (Float tensors are the network's own; `float_overrides` stays empty.)
+/// name, and every attention's int8 KV cache. (Float tensors are the network's own;
+/// `float_overrides` stays empty.)
 pub fn quantized_model(net: &Network) -> QuantizedModel {
     let mut model = QuantizedModel::default();
     for (name, node) in net.nodes_recursive() {
+        if let Some(q) = node
+            .cell()
+            .and_then(|c| downcast::<gstick_nn::cells::SelfAttention>(c.as_ref()))
+            .and_then(|a| a.kv_quant.clone())
+        {
+            model.kv_caches.insert(name.clone(), q);
+        }
         if let Some(c) = node
             .cell()
             .and_then(|c| downcast::<WeightQuantLinear>(c.as_ref()))
@@ -188,7 +196,8 @@ pub fn quantized_model(net: &Network) -> QuantizedModel {
 }
 
 /// Puts a quantized model into the float network it was made from, in fake-quantized form: the
-/// changed float tensors are set and every quantized Linear becomes a `WeightQuantLinear`. All
+/// changed float tensors are set, every quantized Linear becomes a `WeightQuantLinear` and each
+/// attention with an int8 KV cache gets it. All
 /// or nothing for the rewrite; an override that does not fit its tensor is refused before any
 /// change.
 pub fn install_fake(net: &mut Network, model: &QuantizedModel) -> crate::Result<()> {
@@ -231,7 +240,9 @@ pub fn install_fake(net: &mut Network, model: &QuantizedModel) -> crate::Result<
                 message: "quantized weight for a Linear the model does not have".into(),
             }),
             None => Ok(()),
-        }
+        }?;
+        gstick_nn::cells::install_kv_quant(g, &model.kv_caches)?;
+        Ok::<(), crate::Error>(())
     })?;
     for (p, t) in overrides {
         p.set(&Tensor::from_slice(

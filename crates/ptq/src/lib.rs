@@ -1,8 +1,8 @@
 //! Post-training quantization of LLMs (spec §2.3–§3.10): the configuration with the original's
 //! fields, defaults and validation rules ([`config`]), recipes and layer policies ([`recipe`]),
 //! the refusal of what is not implemented ([`supported`]), the layer-wise pipeline
-//! ([`pipeline`]) and its steps ([`steps`]: SmoothQuant, AWQ, GPTQ, RTN) over the algorithms
-//! ([`smooth`], [`awq`], [`gptq`]), the calibration-time quantized Linear ([`fake_quant_linear`]), RTN of a whole
+//! ([`pipeline`]) and its steps ([`steps`]: SmoothQuant, OSL, AWQ, GPTQ, RTN) over the algorithms
+//! ([`smooth`], [`osl`], [`awq`], [`gptq`]), the calibration-time quantized Linear ([`fake_quant_linear`]), RTN of a whole
 //! network ([`rtn`]), PTQ as a `CompAlgo` on an in-memory network ([`ptq`]), and the pre-flight
 //! memory estimate ([`memory`]). The product is the neutral `gstick_quant::QuantizedModel`.
 
@@ -10,8 +10,10 @@ pub mod awq;
 pub mod config;
 pub mod fake_quant_linear;
 pub mod gptq;
+pub mod kv;
 pub mod memory;
 pub mod observer;
+pub mod osl;
 pub mod pipeline;
 pub mod ptq;
 pub mod recipe;
@@ -25,7 +27,7 @@ pub use config::{ConfigError, PtqConfig};
 pub use pipeline::{quantize_layers, LayerSource, PipelineOptions, PtqResult};
 pub use ptq::Ptq;
 pub use recipe::{LayerPolicies, Recipe};
-pub use records::{summary_table, LayerRecord, LinearRecord};
+pub use records::{summary_table, KvRecord, LayerRecord, LinearRecord};
 
 /// Errors of post-training quantization.
 #[derive(Debug, thiserror::Error)]

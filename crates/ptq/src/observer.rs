@@ -37,6 +37,9 @@ pub struct InputStats {
     pub abs_sum: Vec<f64>,
     /// max |x_j| over every row seen (SmoothQuant).
     pub abs_max: Vec<f32>,
+    /// min x_j and max x_j over every row seen (static activation quantization).
+    pub min: Vec<f32>,
+    pub max: Vec<f32>,
     /// Kept rows, row-major (`sample_rows` x `cols`).
     pub sample: Vec<f32>,
     pub sample_rows: usize,
@@ -53,6 +56,8 @@ impl InputStats {
             first_rows: Vec::new(),
             abs_sum: vec![0.0; cols],
             abs_max: vec![0.0; cols],
+            min: vec![f32::INFINITY; cols],
+            max: vec![f32::NEG_INFINITY; cols],
             sample: Vec::new(),
             sample_rows: 0,
             seconds: 0.0,
@@ -89,6 +94,9 @@ impl InputStats {
                 .map(|(a, &v)| a / v as f64)
                 .collect(),
             abs_max: self.abs_max.iter().zip(s).map(|(a, &v)| a / v).collect(),
+            // s > 0, so the order is kept.
+            min: self.min.iter().zip(s).map(|(a, &v)| a / v).collect(),
+            max: self.max.iter().zip(s).map(|(a, &v)| a / v).collect(),
             sample: self
                 .sample
                 .iter()
@@ -135,6 +143,14 @@ impl InputStats {
         Some(h)
     }
 
+    /// The smallest and largest input value over every channel and row seen (the range of
+    /// static per-tensor activation quantization).
+    pub fn range(&self) -> (f32, f32) {
+        let lo = self.min.iter().fold(f32::INFINITY, |a, &b| a.min(b));
+        let hi = self.max.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        (lo, hi)
+    }
+
     /// mean_t |x_tj| per input channel.
     pub fn abs_mean(&self) -> Vec<f64> {
         let n = self.rows_seen.max(1) as f64;
@@ -148,9 +164,17 @@ impl InputStats {
         let path = gstick_nn::kernels::vector_math::MathPath::best();
         for row in x.chunks_exact(c) {
             gstick_nn::kernels::vector_math::add_abs(path, &mut self.abs_sum, row);
-            for (m, &v) in self.abs_max.iter_mut().zip(row) {
+            for (((m, lo), hi), &v) in self
+                .abs_max
+                .iter_mut()
+                .zip(self.min.iter_mut())
+                .zip(self.max.iter_mut())
+                .zip(row)
+            {
                 let a = v.abs();
                 *m = if a > *m { a } else { *m };
+                *lo = if v < *lo { v } else { *lo };
+                *hi = if v > *hi { v } else { *hi };
             }
         }
         let window = window.clamp(1, rows.max(1));

@@ -18,7 +18,7 @@ use gstick_nn::{Executor, Mode, Network};
 use gstick_quant::{FloatTensor, QuantizedModel};
 
 use crate::observer::{ObserveSpec, Observers};
-use crate::records::{LayerRecord, LayerTiming, LinearRecord};
+use crate::records::{KvRecord, LayerRecord, LayerTiming, LinearRecord};
 use crate::steps::{steps_for, LayerState, Phase, PtqStep, Target};
 use crate::supported::check_recipe;
 use crate::{Error, Recipe, Result};
@@ -31,8 +31,13 @@ pub struct PipelineOptions {
     pub feed_quantized: bool,
     /// Input rows each observer keeps for searches and error reports, over all windows.
     pub sample_rows: usize,
-    /// Round every scale to f16 after quantizing, so that GGUF and the GPTQ format (which store
-    /// f16 scales) hold exactly the weights the pipeline evaluated.
+    /// Searches that run the whole layer per candidate (OSL's α) use the first calibration
+    /// windows up to this many tokens (at least one window): a 128 x 2048 calibration would
+    /// otherwise make them 32 times slower than the 16 x 512 one, for the same choice.
+    pub search_tokens: usize,
+    /// Round the scales of weight-only layers to f16 after quantizing, so that GGUF and the GPTQ
+    /// format (which store f16 scales) hold exactly the weights the pipeline evaluated. (Layers
+    /// with int8 activations go only to formats with f32 scales.)
     pub f16_scales: bool,
 }
 
@@ -41,6 +46,7 @@ impl Default for PipelineOptions {
         PipelineOptions {
             feed_quantized: true,
             sample_rows: 4096,
+            search_tokens: 4096,
             f16_scales: true,
         }
     }
@@ -144,6 +150,8 @@ pub fn quantize_layer(
     let start = Instant::now();
     let mut timing = LayerTiming::default();
     let (targets, all) = plan_layer(layer, prefix, recipe)?;
+    let mut kv_targets = crate::kv::targets(layer, prefix, recipe)?;
+    crate::kv::observe(layer, &mut kv_targets)?;
     let active: Vec<&dyn PtqStep> = steps
         .iter()
         .map(|s| s.as_ref())
@@ -166,6 +174,7 @@ pub fn quantize_layer(
         .collect::<gstick_nn::Result<_>>()?;
     let float_seconds = t.elapsed().as_secs_f64();
     let stats = observers.remove(layer)?;
+    let kv_quants = crate::kv::quantizations(layer, &mut kv_targets)?;
     let mut seen = BTreeSet::new();
     timing.statistics = stats
         .values()
@@ -176,12 +185,15 @@ pub fn quantize_layer(
 
     // The recipe's steps.
     let mut state = LayerState {
-        layer,
+        layer: &mut *layer,
         prefix,
         targets: &targets,
         stats,
         float_overrides: Vec::new(),
         quantized: BTreeMap::new(),
+        smooth_alphas: BTreeMap::new(),
+        inputs,
+        float_outputs: &float_out,
         options,
     };
     for step in &active {
@@ -194,7 +206,6 @@ pub fn quantize_layer(
         }
     }
     let LayerState {
-        layer,
         float_overrides,
         mut quantized,
         ..
@@ -220,9 +231,20 @@ pub fn quantize_layer(
                 cols,
                 relative_output_error: 0.0,
                 gptq_damp: None,
+                smooth_alpha: None,
                 seconds: 0.0,
             }),
         }
+    }
+
+    let mut kv_caches = Vec::new();
+    for (t, (full, quant)) in kv_targets.iter().zip(kv_quants) {
+        crate::kv::install(layer, &t.local, quant.clone())?;
+        model.kv_caches.insert(full.clone(), quant);
+        kv_caches.push(KvRecord {
+            name: full,
+            summary: t.summary().to_string(),
+        });
     }
 
     // Quantized pass, one window at a time: each input is replaced by what feeds the next layer.
@@ -241,6 +263,7 @@ pub fn quantize_layer(
         relative_output_error: if den > 0.0 { num / den } else { 0.0 },
         timing,
         linears,
+        kv_caches,
     })
 }
 

@@ -99,16 +99,25 @@ impl From<PtqConfig> for Recipe {
 
 impl Recipe {
     /// Whether some configuration runs a step that learns from calibration data (GPTQ's
-    /// Hessians, AWQ's searches, SmoothQuant's input maxima); RTN needs none.
+    /// Hessians, AWQ's searches, SmoothQuant's input maxima, static activation and KV-cache
+    /// ranges); RTN and dynamic activations and caches need none.
     pub fn needs_calibration(&self) -> bool {
         use crate::steps::PtqStep;
-        let (smooth, awq, gptq) = (
+        let (smooth, osl, awq, gptq) = (
             crate::steps::SmoothStep,
+            crate::steps::OslStep,
             crate::steps::AwqStep,
             crate::steps::GptqStep,
         );
-        self.configs()
-            .any(|(_, c)| smooth.applies_to(c) || awq.applies_to(c) || gptq.applies_to(c))
+        self.configs().any(|(_, c)| {
+            smooth.applies_to(c)
+                || osl.applies_to(c)
+                || awq.applies_to(c)
+                || gptq.applies_to(c)
+                || c.activation_quant(None).is_err()
+                || (c.kvcache_quant_dtype.is_some()
+                    && c.kvcache_quant_granularity == crate::config::QuantGranularity::PerChannel)
+        })
     }
 
     /// The network configuration and every policy's, each with where it comes from

@@ -11,11 +11,15 @@ pub struct LinearRecord {
     pub summary: String,
     pub rows: usize,
     pub cols: usize,
-    /// ‖XWᵀ − XQᵀ‖² / ‖XWᵀ‖² on the observer's sampled input rows (0 when not quantized).
+    /// ‖f(X) − q(X)‖² / ‖f(X)‖² on the observer's sampled input rows, with the activation
+    /// quantization if any (0 when not quantized).
     pub relative_output_error: f64,
     /// GPTQ's dampening, as a fraction of the mean Hessian diagonal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gptq_damp: Option<f64>,
+    /// The smoothing strength α (SmoothQuant's, or the one OSL chose).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smooth_alpha: Option<f64>,
     pub seconds: f64,
 }
 
@@ -47,6 +51,15 @@ impl LayerTiming {
     }
 }
 
+/// An attention whose KV cache was quantized.
+#[derive(Clone, Debug, Serialize)]
+pub struct KvRecord {
+    /// Full name of the attention (`model.layers.3.self_attn.attention`).
+    pub name: String,
+    /// `C8-per_channel` or `C8-per_token`.
+    pub summary: String,
+}
+
 /// What happened to one decoder layer.
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerRecord {
@@ -55,6 +68,8 @@ pub struct LayerRecord {
     pub relative_output_error: f64,
     pub timing: LayerTiming,
     pub linears: Vec<LinearRecord>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kv_caches: Vec<KvRecord>,
 }
 
 /// The per-layer summary table: one row per Linear with its summary string and errors.
@@ -74,6 +89,9 @@ pub fn summary_table(layers: &[LayerRecord]) -> String {
                 "{:<40} {:<26} {:>12.3e} {:>12}\n",
                 lin.name, lin.summary, lin.relative_output_error, layer_err
             ));
+        }
+        for kv in &l.kv_caches {
+            s.push_str(&format!("{:<40} {:<26}\n", kv.name, kv.summary));
         }
     }
     s

@@ -32,10 +32,14 @@ fn quantize_linear(
     let q = scheme
         .quantize_weight(&values, rows, cols)
         .map_err(|e| gstick_nn::Error::Config(e.to_string()))?;
+    // Without calibration there is no input range: static activations are refused here.
+    let activation = policy
+        .activation_quant(None)
+        .map_err(gstick_nn::Error::Config)?;
     Ok(Some(WeightQuantLinear::new(
         Arc::new(q),
         linear.bias.clone(),
-        policy.activation_quant(),
+        activation,
         &policy.summary(),
     )?))
 }

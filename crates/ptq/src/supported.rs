@@ -3,7 +3,7 @@
 //! that silently produces a different kind of model than asked (say weight-only W8A16 for a
 //! SmoothQuant A8W8 recipe) is worse than one that says no.
 
-use crate::config::{OutliersSuppression, PtqConfig, PtqMode, QuantDtype, QuantGranularity};
+use crate::config::{OutliersSuppression, PtqConfig, PtqMode, QuantDtype};
 use crate::recipe::Recipe;
 use crate::ConfigError;
 
@@ -15,61 +15,42 @@ fn not_implemented(field: &'static str, value: impl Into<String>, message: &str)
     }
 }
 
-/// Refuses what the layer-wise pipeline cannot do yet: static and A8W4 activation quantization,
-/// KV-cache quantization, SmoothQuant and the OutlierSuppression variants, deploy mode, and
-/// configurations that quantize nothing.
+/// Refuses what the layer-wise pipeline cannot do yet, or what the original refuses in quantize
+/// mode: SmoothQuant without activation quantization, OutlierSuppression+, A8W4 without
+/// act-order, deploy mode, and configurations that quantize nothing.
 pub fn check(config: &PtqConfig) -> Result<(), ConfigError> {
     config.validate()?;
     match config.outliers_suppression {
         OutliersSuppression::None | OutliersSuppression::Awq => {}
-        // SmoothQuant is built for dynamic per-token A8W8 (static per-tensor activations are
-        // refused below).
+        // SmoothQuant is built for A8W8, static or dynamic.
         OutliersSuppression::Smooth if config.act_quant_dtype.is_some() => {}
         OutliersSuppression::Smooth => {
             return Err(not_implemented(
                 "outliers_suppression",
                 "smooth",
-                "SmoothQuant without activation quantization is not implemented; use it with act_quant_dtype int8 and act_quant_granularity per_token",
+                "SmoothQuant without activation quantization is not implemented; use it with act_quant_dtype int8",
             ))
         }
-        OutliersSuppression::OutlierSuppressionLite => {
-            return Err(not_implemented(
-                "outliers_suppression",
-                "outlier-suppression-lite",
-                "OutlierSuppression-Lite is not implemented yet; weight-only RTN, GPTQ and AWQ are",
-            ))
-        }
+        // OSL's α search (validate has checked it is exactly A8W8 without KV quantization).
+        OutliersSuppression::OutlierSuppressionLite => {}
         OutliersSuppression::OutlierSuppressionPlus => {
             return Err(not_implemented(
                 "outliers_suppression",
                 "outlier-suppression+",
-                "OutlierSuppression+ is not implemented yet; weight-only RTN, GPTQ and AWQ are",
+                "OutlierSuppression+ is not implemented yet; SmoothQuant and OutlierSuppression-Lite are",
             ))
         }
     }
-    if config.act_quant_dtype.is_some() {
-        // Implemented: dynamic per-token int8 activations with int8 weights (A8W8 dynamic).
-        if config.act_quant_granularity != QuantGranularity::PerToken {
+    if config.act_quant_dtype.is_some() && config.weight_quant_dtype != Some(QuantDtype::Int8) {
+        // A8W4 (validate has checked per_token activations and GPTQ): the original requires
+        // act-order in quantize mode (spec §3.8).
+        if !config.gptq.desc_act {
             return Err(not_implemented(
-                "act_quant_granularity",
-                "per_tensor",
-                "static per-tensor activation quantization (SmoothQuant-style A8W8) is not implemented yet; dynamic per_token is",
+                "gptq.desc_act",
+                "false",
+                "A8W4 (low-bit weights with int8 activations) needs GPTQ with act-order: set gptq.desc_act (and gptq.static_groups) to true",
             ));
         }
-        if config.weight_quant_dtype != Some(QuantDtype::Int8) {
-            return Err(not_implemented(
-                "weight_quant_dtype",
-                format!("{:?}", config.weight_quant_dtype).to_lowercase(),
-                "int8 activations with low-bit weights (A8W4) are not implemented yet; A8W8 with int8 weights is",
-            ));
-        }
-    }
-    if let Some(d) = config.kvcache_quant_dtype {
-        return Err(not_implemented(
-            "kvcache_quant_dtype",
-            format!("{d:?}").to_lowercase(),
-            "KV-cache quantization is not implemented yet",
-        ));
     }
     if config.precision_recovery == crate::config::PrecisionRecovery::Gptq
         && config.gptq.desc_act
@@ -112,10 +93,13 @@ pub fn check_recipe(recipe: &Recipe) -> Result<(), ConfigError> {
             (_, e) => e,
         })?;
     }
-    if recipe.configs().all(|(_, c)| c.weight_scheme().is_none()) {
+    if recipe
+        .configs()
+        .all(|(_, c)| c.weight_scheme().is_none() && c.kvcache_quant_dtype.is_none())
+    {
         return Err(crate::config::invalid(
             "weight_quant_dtype",
-            "nothing to quantize: no configuration sets a weight dtype",
+            "nothing to quantize: no configuration sets a weight or KV-cache dtype",
         ));
     }
     Ok(())

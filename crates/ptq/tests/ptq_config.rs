@@ -482,43 +482,34 @@ fn unimplemented_configurations_are_refused_naming_the_field() {
             other => panic!("{yaml}: expected a refusal, got {other:?}"),
         }
     };
-    // SmoothQuant runs with dynamic activations; static per-tensor ones are not built yet.
-    assert_eq!(
-        refused("outliers_suppression: smooth\nact_quant_dtype: int8\n"),
-        "act_quant_granularity"
-    );
+    // SmoothQuant needs quantized activations.
     assert_eq!(
         refused("outliers_suppression: smooth\n"),
         "outliers_suppression"
     );
     assert_eq!(
-        refused("kvcache_quant_dtype: int8\n"),
-        "kvcache_quant_dtype"
-    );
-    assert_eq!(
-        refused("act_quant_dtype: int8\noutliers_suppression: outlier-suppression-lite\n"),
+        refused("act_quant_dtype: int8\noutliers_suppression: outlier-suppression+\n"),
         "outliers_suppression"
     );
-    // Static per-tensor activations (plain A8W8 without smoothing) and A8W4 are not built yet.
-    assert_eq!(refused("act_quant_dtype: int8\n"), "act_quant_granularity");
+    // A8W4 without act-order (the original requires it in quantize mode).
     assert_eq!(
         refused(
             "weight_quant_dtype: int4\nweight_quant_granularity: per_group\ngroup_size: 64\n\
              act_quant_dtype: int8\nact_quant_granularity: per_token\nprecision_recovery: gptq\n\
-             gptq:\n  desc_act: true\n  static_groups: true\n"
+             gptq:\n  desc_act: false\n"
         ),
-        "weight_quant_dtype"
+        "gptq.desc_act"
     );
     assert_eq!(refused("mode: deploy\n"), "mode");
     // In a layer policy too, and the message names the policy.
     let recipe = Recipe::from_yaml(
-        "weight_quant_dtype: int8\nlayer_policies:\n  - pattern: 'model\\.layers\\.0\\.'\n    kvcache_quant_dtype: int8\n",
+        "weight_quant_dtype: int8\nlayer_policies:\n  - pattern: 'model\\.layers\\.0\\.'\n    outliers_suppression: smooth\n",
         "p.yaml",
     )
     .unwrap();
     let err = check_recipe(&recipe).unwrap_err().to_string();
     assert!(
-        err.contains("kvcache_quant_dtype") && err.contains("model\\.layers\\.0\\."),
+        err.contains("outliers_suppression") && err.contains("model\\.layers\\.0\\."),
         "{err}"
     );
     // Act-order with dynamic groups would need a reordered g_idx.
@@ -544,7 +535,48 @@ fn unimplemented_configurations_are_refused_naming_the_field() {
         // Dynamic per-token A8W8, plain and smoothed.
         "act_quant_dtype: int8\nact_quant_granularity: per_token\n",
         "act_quant_dtype: int8\nact_quant_granularity: per_token\noutliers_suppression: smooth\n",
+        // Static per-tensor A8W8: plain, SmoothQuant and OSL (and OSL with dynamic ones).
+        "act_quant_dtype: int8\n",
+        "act_quant_dtype: int8\noutliers_suppression: smooth\n",
+        "act_quant_dtype: int8\noutliers_suppression: outlier-suppression-lite\n",
+        "act_quant_dtype: int8\nact_quant_granularity: per_token\noutliers_suppression: outlier-suppression-lite\n",
+        // A8W4, KV-cache int8 alone and beside W8A16.
+        "weight_quant_dtype: int4\nweight_quant_granularity: per_group\ngroup_size: 64\nprecision_recovery: gptq\nact_quant_dtype: int8\nact_quant_granularity: per_token\n",
+        "weight_quant_dtype: none\nkvcache_quant_dtype: int8\nkvcache_quant_granularity: per_token\n",
+        "kvcache_quant_dtype: int8\n",
     ] {
         assert_eq!(check_recipe(&Recipe::from_yaml(yaml, "ok.yaml").unwrap()), Ok(()), "{yaml}");
     }
+}
+
+/// Impossible combinations name every field involved.
+#[test]
+fn impossible_combinations_name_the_fields() {
+    let err = |yaml: &str| match Recipe::from_yaml(yaml, "bad.yaml") {
+        Ok(r) => gstick_ptq::supported::check_recipe(&r)
+            .expect_err(yaml)
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    let e = err(
+        "act_quant_dtype: int8\noutliers_suppression: outlier-suppression-lite\nkvcache_quant_dtype: int8\n",
+    );
+    assert!(
+        e.contains("outliers_suppression") && e.contains("kvcache_quant_dtype"),
+        "{e}"
+    );
+    let e = err(
+        "weight_quant_dtype: int4\nweight_quant_granularity: per_group\ngroup_size: 64\nprecision_recovery: gptq\nact_quant_dtype: int8\nact_quant_granularity: per_token\ngptq:\n  desc_act: false\n",
+    );
+    assert!(e.contains("gptq.desc_act") && e.contains("A8W4"), "{e}");
+    // A8W4 needs per-token activations and GPTQ; W4 with an int8 KV cache is refused.
+    let e = err("weight_quant_dtype: int4\nweight_quant_granularity: per_group\ngroup_size: 64\nact_quant_dtype: int8\nact_quant_granularity: per_token\n");
+    assert!(
+        e.contains("act_quant_granularity") && e.contains("gptq"),
+        "{e}"
+    );
+    let e = err("weight_quant_dtype: int4\nweight_quant_granularity: per_group\ngroup_size: 64\nkvcache_quant_dtype: int8\n");
+    assert!(e.contains("kvcache_quant_dtype"), "{e}");
+    let e = err("weight_quant_dtype: int9\n");
+    assert!(e.contains("int9") && e.contains("none"), "{e}");
 }

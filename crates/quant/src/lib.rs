@@ -5,9 +5,11 @@
 pub mod formats;
 pub mod int8;
 pub mod kernels;
+pub mod kv;
 pub mod model;
 pub mod scheme;
 
 pub use formats::{FormatError, GgmlError, GgmlType};
+pub use kv::KvQuant;
 pub use model::{ActivationQuant, FloatTensor, QuantizedLinear, QuantizedModel};
 pub use scheme::{Granularity, QParams, QuantDtype, QuantizedWeight, SchemeError, WeightScheme};

@@ -4,7 +4,8 @@
 //! `deploy` installs it on the integer kernels.
 //!
 //! It holds the integers and (scale, zero point) of each quantized Linear, with its scheme and
-//! how its input is quantized at run time (nothing, or int8 per token), and the float tensors an
+//! how its input is quantized (nothing, int8 per token at run time, or int8 per tensor with
+//! calibrated parameters), how each attention's KV cache is quantized, and the float tensors an
 //! algorithm changed.
 
 use std::collections::BTreeMap;
@@ -20,11 +21,16 @@ pub struct FloatTensor {
 }
 
 /// How a quantized Linear's input is quantized.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ActivationQuant {
     /// Int8 per token, symmetric, scale max|x| / 127 computed at run time, no calibration (spec
     /// §3.8, msModelSlim's `W8A8_DYNAMIC`).
     DynamicPerToken,
+    /// Int8 per tensor, asymmetric, from the calibration range (spec §3.3, msModelSlim's
+    /// `W8A8`): `q = clamp(round(x / scale + zero_point), -128, 127)`, ties to even. The
+    /// zero point's share of the product, `-zero_point * sum_k qw[o][k]`, is an int32 bias per
+    /// output channel (`quant_bias`).
+    StaticPerTensor { scale: f32, zero_point: i32 },
 }
 
 impl ActivationQuant {
@@ -32,14 +38,32 @@ impl ActivationQuant {
     pub fn name(self) -> &'static str {
         match self {
             ActivationQuant::DynamicPerToken => "dynamic_per_token",
+            ActivationQuant::StaticPerTensor { .. } => "static_per_tensor",
         }
     }
 
-    pub fn from_name(name: &str) -> Option<ActivationQuant> {
-        match name {
-            "dynamic_per_token" => Some(ActivationQuant::DynamicPerToken),
-            _ => None,
+    /// Static parameters from the calibrated range of a Linear's input. The range is widened to
+    /// hold 0 first, so that a zero input is exact; then spec §3.0's asymmetric int8 arithmetic:
+    /// `scale = (max - min) / 255`, `zero_point = round(-128 - min / scale)`. A range of one
+    /// point gives scale 1 and zero point 0, as the original.
+    pub fn static_from_range(min: f32, max: f32) -> Result<ActivationQuant, String> {
+        if !(min.is_finite() && max.is_finite()) || min > max {
+            return Err(format!(
+                "the calibrated input range [{min}, {max}] is not a finite interval"
+            ));
         }
+        let p =
+            crate::scheme::qparams(min.min(0.0) as f64, max.max(0.0) as f64, (-128, 127), false);
+        let scale = p.scale as f32;
+        if !(scale.is_normal() && scale > 0.0) {
+            return Err(format!(
+                "the calibrated input range [{min}, {max}] gives the unusable scale {scale}"
+            ));
+        }
+        Ok(ActivationQuant::StaticPerTensor {
+            scale,
+            zero_point: p.zero_point as i32,
+        })
     }
 }
 
@@ -63,6 +87,9 @@ pub struct QuantizedModel {
     /// name (`model.layers.0.input_layernorm.weight`). Every other float tensor is the source
     /// model's.
     pub float_overrides: BTreeMap<String, FloatTensor>,
+    /// Attentions whose KV cache is int8, by the attention node's full name
+    /// (`model.layers.0.self_attn.attention`).
+    pub kv_caches: BTreeMap<String, crate::KvQuant>,
 }
 
 impl QuantizedModel {
@@ -78,6 +105,12 @@ impl QuantizedModel {
     pub fn weight_for(&self, param: &str) -> Option<&Arc<QuantizedWeight>> {
         let stem = param.strip_suffix(".weight")?;
         self.linears.get(stem).map(|l| &l.weight)
+    }
+
+    /// The first attention with an int8 KV cache, if any (formats that cannot say so refuse
+    /// such a model, naming it).
+    pub fn first_kv_quantized(&self) -> Option<(&str, &crate::KvQuant)> {
+        self.kv_caches.iter().next().map(|(n, q)| (n.as_str(), q))
     }
 
     /// Bytes the integers and parameters take in memory (i8 values, two f64 per block).

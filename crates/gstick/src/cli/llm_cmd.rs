@@ -233,14 +233,52 @@ pub struct EmbedArgs {
     /// Text file: one sentence per non-empty line.
     #[arg(long)]
     pub text: PathBuf,
+    /// Quantize --model in memory with this recipe first (round to nearest, no calibration:
+    /// weight-only or dynamic per-token A8W8, e.g. examples/recipes/w8a8_dynamic.yaml).
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
 
+/// Quantizes the encoder layers of `net` with `recipe` by RTN (the Linears inside its
+/// sub-graphs; embeddings and pooling stay float). Recipes that need calibration or quantize
+/// the KV cache are refused, naming why: an encoder has no cache, and this path has no data.
+fn quantize_encoder(net: &mut Network, recipe: &Path) -> Result<Vec<String>> {
+    let recipe = gstick::ptq::Recipe::load(recipe)?;
+    if recipe.needs_calibration() {
+        bail!(
+            "the recipe ({}) needs calibration data: eval embed quantizes by round to nearest without calibration (GPTQ, AWQ, SmoothQuant, OSL and static activations are not available here)",
+            recipe.network.summary()
+        );
+    }
+    if recipe
+        .configs()
+        .any(|(_, c)| c.kvcache_quant_dtype.is_some())
+    {
+        bail!("kvcache_quant_dtype: an encoder keeps no KV cache; remove it from the recipe");
+    }
+    let reports = gstick::ptq::rtn::apply_rtn(net, &recipe.network, Some(&recipe.layers))?;
+    let labels: Vec<String> = reports
+        .into_iter()
+        .filter(|r| r.summary != "NA")
+        .map(|r| r.summary)
+        .collect();
+    if labels.is_empty() {
+        bail!("the recipe quantized no Linear of the encoder");
+    }
+    Ok(labels)
+}
+
 /// `gstick eval embed`: mean and minimum cosine between two models' sentence embeddings.
 pub fn embed(args: EmbedArgs) -> Result<()> {
-    let (model, _) = load_bert_embedder(&args.model)
+    let (mut model, _) = load_bert_embedder(&args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
+    let quantized = match &args.recipe {
+        Some(recipe) => quantize_encoder(&mut model, recipe)
+            .with_context(|| format!("quantizing with {}", recipe.display()))?,
+        None => Vec::new(),
+    };
     let (reference, _) = load_bert_embedder(&args.reference)
         .with_context(|| format!("loading {}", args.reference.display()))?;
     let tokenizer = tokenizer_from_hf(&HfCheckpoint::open(&args.reference)?)?;
@@ -254,8 +292,19 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
         .collect::<Result<_, _>>()?;
     let report = gstick_eval::embedding_fidelity(&model, &reference, &sentences)?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if !quantized.is_empty() {
+            v["quantized_linears"] = quantized.len().into();
+            let mut kinds = quantized.clone();
+            kinds.sort();
+            kinds.dedup();
+            v["quantization"] = kinds.into();
+        }
+        println!("{v}");
     } else {
+        if !quantized.is_empty() {
+            println!("{} Linears quantized ({})", quantized.len(), quantized[0]);
+        }
         println!(
             "cosine to the reference over {} sentences: mean {:.6}, minimum {:.6}",
             report.sentences, report.mean_cosine, report.min_cosine

@@ -26,6 +26,18 @@ pub enum Algo {
 pub enum ActArg {
     /// Int8 per token, scales computed at run time (dynamic A8W8; needs --bits 8, per channel).
     PerToken,
+    /// Int8 per tensor, asymmetric, scale and zero point from the calibration windows (static
+    /// A8W8; needs --bits 8, per channel, and --calib).
+    PerTensor,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum KvArg {
+    /// Int8 rows with a scale each, computed as they are cached (dynamic C8).
+    PerToken,
+    /// Int8 with one calibrated scale per channel of the keys and of the values (static C8;
+    /// needs --calib).
+    PerChannel,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -36,6 +48,8 @@ pub enum FormatArg {
     Gptq,
     /// GGUF with Q8_0 / Q4_0 / Q4_1 tensors (needs a GGUF input for its metadata).
     Gguf,
+    /// compressed-tensors (int-quantized / pack-quantized), as vLLM and llm-compressor.
+    CompressedTensors,
 }
 
 #[derive(Args)]
@@ -55,9 +69,13 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub asym: bool,
     /// Also quantize each Linear's input: `per-token` is dynamic A8W8 (int8 activations, scale
-    /// per token at run time); without it the model is weight-only.
+    /// per token at run time), `per-tensor` static A8W8 (one calibrated scale and zero point per
+    /// Linear); without it the model is weight-only.
     #[arg(long, value_enum, conflicts_with = "recipe")]
     pub act: Option<ActArg>,
+    /// Store each attention's KV cache in int8 (keys after RoPE, and values); gs format only.
+    #[arg(long, value_enum, conflicts_with = "recipe")]
+    pub kv: Option<KvArg>,
     /// GPTQ: process columns by decreasing Hessian diagonal, with static groups (the default;
     /// `--act-order false` for the column order).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", conflicts_with = "recipe")]
@@ -135,10 +153,24 @@ fn config_from_flags(args: &QuantizeArgs) -> Result<PtqConfig> {
     if let Some(w) = args.sink_share {
         c.gptq.sink_share = w;
     }
-    if let Some(ActArg::PerToken) = args.act {
+    if let Some(act) = args.act {
+        use gstick::ptq::config::QuantGranularity;
         c.act_quant_dtype = Some(gstick::ptq::config::QuantDtype::Int8);
-        c.act_quant_granularity = gstick::ptq::config::QuantGranularity::PerToken;
+        c.act_quant_granularity = match act {
+            ActArg::PerToken => QuantGranularity::PerToken,
+            ActArg::PerTensor => QuantGranularity::PerTensor,
+        };
     }
+    if let Some(kv) = args.kv {
+        use gstick::ptq::config::QuantGranularity;
+        c.kvcache_quant_dtype = Some(gstick::ptq::config::QuantDtype::Int8);
+        c.kvcache_quant_granularity = match kv {
+            KvArg::PerToken => QuantGranularity::PerToken,
+            KvArg::PerChannel => QuantGranularity::PerChannel,
+        };
+    }
+    c.validate()
+        .context("the flags ask for an impossible combination")?;
     Ok(match args.act_order {
         Some(on) => c.with_act_order(on),
         None => c,
@@ -180,6 +212,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         FormatArg::Gs => Format::Gs,
         FormatArg::Gptq => Format::Gptq,
         FormatArg::Gguf => Format::Gguf,
+        FormatArg::CompressedTensors => Format::CompressedTensors,
     };
     // Everything that can be refused is refused before the run: the recipe, the source.
     let quantizer = Quantizer::new(recipe)?.with_options(PipelineOptions {
@@ -200,7 +233,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
             Calibration::from_text(&source, &text, args.nsamples, args.seqlen, args.seed)?
         }
         None if quantizer.recipe().needs_calibration() => {
-            bail!("--calib is required for GPTQ and AWQ (they learn from calibration data)")
+            bail!("--calib is required for GPTQ, AWQ, SmoothQuant, OSL and static activation or KV-cache scales (they learn from calibration data)")
         }
         // RTN needs no data; one short window still measures each layer's output error.
         None => Calibration::probe(&source)?,
@@ -274,7 +307,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     } else {
         // What a user of the output gets: the export loaded back, on the integer kernels.
         let lm = match format {
-            Format::Gs | Format::Gptq => gstick::load(&args.out)?,
+            Format::Gs | Format::Gptq | Format::CompressedTensors => gstick::load(&args.out)?,
             Format::Gguf => gstick::load_gguf_on_kernels(&args.out.join("model.gguf"))?,
         };
         if let Some(d) = &lm.deploy {

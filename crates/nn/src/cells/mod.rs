@@ -16,7 +16,7 @@ mod shape;
 
 pub use activation::{Activation, ActivationKind};
 pub use arith::{Add, Mul};
-pub use attention::SelfAttention;
+pub use attention::{install_kv_quant, KvRange, SelfAttention};
 pub use batch_norm::BatchNorm2d;
 pub use conv2d::{Conv2d, Conv2dConfig};
 pub use dropout::Dropout;

@@ -1,5 +1,6 @@
 //! AWQ as a step: the scale search folds scales into the layer, then the clip search clamps
-//! weights (spec §3.6). Linears whose input is now x/s see statistics divided by s.
+//! weights (spec §3.6; the clipper also runs after OSL's smoothing, and wherever
+//! `weight_clip` asks for it). Linears whose input is now x/s see statistics divided by s.
 
 use std::sync::Arc;
 
@@ -17,7 +18,11 @@ impl PtqStep for AwqStep {
 
     fn applies_to(&self, policy: &PtqConfig) -> bool {
         policy.weight_scheme().is_some()
-            && (policy.outliers_suppression == OutliersSuppression::Awq || policy.weight_clip)
+            && (policy.weight_clip
+                || matches!(
+                    policy.outliers_suppression,
+                    OutliersSuppression::Awq | OutliersSuppression::OutlierSuppressionLite
+                ))
     }
 
     fn phase(&self) -> Phase {

@@ -6,6 +6,7 @@
 
 mod awq;
 mod gptq;
+mod osl;
 mod rtn;
 mod smooth;
 
@@ -21,6 +22,7 @@ use gstick_quant::{QuantizedLinear, QuantizedWeight, WeightScheme};
 
 pub use awq::AwqStep;
 pub use gptq::GptqStep;
+pub use osl::OslStep;
 pub use rtn::RtnStep;
 pub use smooth::SmoothStep;
 
@@ -60,6 +62,13 @@ pub struct LayerState<'a> {
     pub float_overrides: Vec<(String, Tensor)>,
     /// Quantized Linears, by full name, with their records.
     pub quantized: BTreeMap<String, (QuantizedLinear, LinearRecord)>,
+    /// The smoothing strength α each smoothed Linear got (SmoothQuant's, or OSL's choice), by
+    /// local name.
+    pub smooth_alphas: BTreeMap<String, f64>,
+    /// The layer's calibration inputs and its float outputs on them (for searches that run the
+    /// whole layer, as OSL's).
+    pub inputs: &'a [Tensor],
+    pub float_outputs: &'a [Tensor],
     pub options: &'a PipelineOptions,
 }
 
@@ -77,11 +86,12 @@ pub trait PtqStep {
     fn run(&self, state: &mut LayerState) -> Result<()>;
 }
 
-/// The steps a recipe needs, in pipeline order: SmoothQuant's and AWQ's scales first, then the
-/// quantizers.
+/// The steps a recipe needs, in pipeline order: SmoothQuant's, OSL's and AWQ's scales and the
+/// clipper first, then the quantizers.
 pub fn steps_for(recipe: &Recipe) -> Vec<Box<dyn PtqStep>> {
     let all: Vec<Box<dyn PtqStep>> = vec![
         Box::new(SmoothStep),
+        Box::new(OslStep),
         Box::new(AwqStep),
         Box::new(GptqStep),
         Box::new(RtnStep),
@@ -126,20 +136,22 @@ impl LayerState<'_> {
         gptq_damp: Option<f64>,
         started: Instant,
     ) -> Result<()> {
-        if self.options.f16_scales {
+        // Only weight-only layers can go to the formats with f16 scales (GGUF, GPTQ); those
+        // with int8 activations keep f32 scales, which smoothing can make small.
+        if self.options.f16_scales && target.policy.act_quant_dtype.is_none() {
             q.round_scales_to_f16()
                 .map_err(|e| target_error(target, e.to_string()))?;
         }
         let linear = self.linear(target)?;
         let label = target.policy.summary();
         let q = Arc::new(q);
-        let activation = target.policy.activation_quant();
+        let range = self.stats_of(target)?.range();
+        let activation = target
+            .policy
+            .activation_quant(Some(range))
+            .map_err(|e| target_error(target, e))?;
         let cell = WeightQuantLinear::new(q.clone(), linear.bias.clone(), activation, &label)?;
-        let error = relative_linear_error(
-            self.stats_of(target)?,
-            linear.weight.tensor(),
-            cell.weight.tensor(),
-        )?;
+        let error = relative_linear_error(self.stats_of(target)?, &linear, &cell)?;
         let id = self.layer.find(&target.local)?;
         self.layer
             .replace_cell(id, Box::new(cell) as Box<dyn Cell>)?;
@@ -150,6 +162,7 @@ impl LayerState<'_> {
             cols: q.cols,
             relative_output_error: error,
             gptq_damp,
+            smooth_alpha: self.smooth_alphas.get(&target.local).copied(),
             seconds: started.elapsed().as_secs_f64(),
         };
         self.quantized.insert(
@@ -201,8 +214,13 @@ pub(crate) fn target_error(target: &Target, message: impl Into<String>) -> Error
     }
 }
 
-/// ‖XWᵀ − XQᵀ‖² / ‖XWᵀ‖² on (at most 1024 of) the sampled input rows.
-fn relative_linear_error(stats: &InputStats, w: &Tensor, q: &Tensor) -> Result<f64> {
+/// ‖f(X) − q(X)‖² / ‖f(X)‖² on (at most 1024 of) the sampled input rows, for the float
+/// Linear f and its quantized cell q (with its activation quantization, if any).
+fn relative_linear_error(
+    stats: &InputStats,
+    float: &Linear,
+    quantized: &WeightQuantLinear,
+) -> Result<f64> {
     let rows = stats.sample_rows.min(1024);
     if rows == 0 {
         return Ok(0.0);
@@ -212,8 +230,10 @@ fn relative_linear_error(stats: &InputStats, w: &Tensor, q: &Tensor) -> Result<f
         (rows, stats.cols),
         &Device::Cpu,
     )?;
-    let y = gstick_nn::kernels::linear::linear_no_grad(&x, w)?;
-    let yq = gstick_nn::kernels::linear::linear_no_grad(&x, q)?;
+    let mut rng = gstick_nn::rng(0);
+    let mut ctx = gstick_nn::CellCtx::new(gstick_nn::Mode::Eval, &mut rng);
+    let y = float.forward(std::slice::from_ref(&x), &mut ctx)?;
+    let yq = quantized.forward(std::slice::from_ref(&x), &mut ctx)?;
     let num = (&y - &yq)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     let den = y.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     Ok(if den > 0.0 { num / den } else { 0.0 })

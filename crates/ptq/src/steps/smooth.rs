@@ -39,6 +39,11 @@ impl PtqStep for SmoothStep {
             state.float_overrides.push((name, tensor));
         }
         for (local, s) in &outcome.scales {
+            if let Some(t) = state.targets.iter().find(|t| &t.local == local) {
+                state
+                    .smooth_alphas
+                    .insert(local.clone(), t.policy.smooth.alpha);
+            }
             if let Some(st) = state.stats.get(local) {
                 let divided = Arc::new(st.divided_by(s));
                 state.stats.insert(local.clone(), divided);

@@ -5,9 +5,10 @@
 //! - GGML block types of GGUF files: [`q4_0`], [`q4_1`], [`q5`] (Q5_0/Q5_1), [`q8_0`], [`q4_k`],
 //!   [`q5_k`], [`q6_k`]; [`ggml_type`] is the type table, [`ggml_exact`] maps a quantized weight
 //!   onto the block type whose grid holds it exactly.
-//! - Checkpoint layouts: [`gs`] (Golden Stick / msModelSlim names) and [`gptq`] (the Hugging Face
-//!   GPTQ format).
+//! - Checkpoint layouts: [`gs`] (Golden Stick / msModelSlim names), [`gptq`] (the Hugging Face
+//!   GPTQ format) and [`compressed_tensors`] (vLLM / llm-compressor).
 
+pub mod compressed_tensors;
 pub mod ggml_exact;
 pub mod ggml_type;
 pub mod gptq;
