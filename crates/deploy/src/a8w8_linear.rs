@@ -26,6 +26,15 @@ impl A8W8Linear {
     pub fn weight_from(q: &QuantizedWeight) -> Result<A8W8Weight, String> {
         A8W8Weight::from_quantized(q)
     }
+
+    /// The label of a layer with weights labelled `weight_label` and inputs quantized by `act`
+    /// (`W8-per_channel-A8-per_token`).
+    pub fn label(weight_label: &str, act: ActivationQuant) -> String {
+        match act {
+            ActivationQuant::DynamicPerToken => format!("{weight_label}-A8-per_token"),
+            ActivationQuant::StaticPerTensor { .. } => format!("{weight_label}-A8-per_tensor"),
+        }
+    }
 }
 
 struct A8W8Matmul {

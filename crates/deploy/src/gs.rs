@@ -203,11 +203,10 @@ impl PackedReader for GsReader {
         let act = activation(&self.ck, stem, spec, &w)
             .map_err(bad)?
             .ok_or_else(|| bad("no activation quantization".into()))?;
-        let label = match act {
-            ActivationQuant::DynamicPerToken => format!("{weight_label}-A8-per_token"),
-            ActivationQuant::StaticPerTensor { .. } => format!("{weight_label}-A8-per_tensor"),
-        };
-        Ok(Some((DeployWeight::A8W8(w, act), label)))
+        Ok(Some((
+            DeployWeight::A8W8(w, act),
+            A8W8Linear::label(&weight_label, act),
+        )))
     }
 
     fn float(&mut self, name: &str, shape: &[usize]) -> gstick_models::Result<Tensor> {

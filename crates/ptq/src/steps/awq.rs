@@ -2,8 +2,6 @@
 //! weights (spec §3.6; the clipper also runs after OSL's smoothing, and wherever
 //! `weight_clip` asks for it). Linears whose input is now x/s see statistics divided by s.
 
-use std::sync::Arc;
-
 use super::{LayerState, Phase, PtqStep};
 use crate::config::OutliersSuppression;
 use crate::{PtqConfig, Result};
@@ -30,24 +28,9 @@ impl PtqStep for AwqStep {
     }
 
     fn run(&self, state: &mut LayerState) -> Result<()> {
-        let policy_of = |local: &str| {
-            state
-                .targets
-                .iter()
-                .find(|t| t.local == local)
-                .map(|t| t.policy.clone())
-        };
+        let policy_of = super::policy_in(state.targets);
         let outcome = crate::awq::search_layer(state.layer, &state.stats, &policy_of)?;
-        for (local, tensor) in outcome.overrides {
-            let name = format!("{}.{local}", state.prefix);
-            state.float_overrides.push((name, tensor));
-        }
-        for (local, s) in &outcome.scales {
-            if let Some(st) = state.stats.get(local) {
-                let divided = Arc::new(st.divided_by(s));
-                state.stats.insert(local.clone(), divided);
-            }
-        }
+        state.fold(outcome);
         Ok(())
     }
 }

@@ -101,7 +101,33 @@ pub fn steps_for(recipe: &Recipe) -> Vec<Box<dyn PtqStep>> {
         .collect()
 }
 
+/// The policy of the target named `local` in `targets` (what the searches ask of a Linear).
+pub(crate) fn policy_in(targets: &[Target]) -> impl Fn(&str) -> Option<PtqConfig> + '_ {
+    move |local| {
+        targets
+            .iter()
+            .find(|t| t.local == local)
+            .map(|t| t.policy.clone())
+    }
+}
+
 impl LayerState<'_> {
+    /// Takes in the scales a search folded into the layer: the changed norms become float
+    /// overrides, and each scaled Linear's statistics are divided by its scale (its input is
+    /// now x/s).
+    pub(crate) fn fold(&mut self, outcome: crate::awq::SearchOutcome) {
+        for (local, tensor) in outcome.overrides {
+            let name = format!("{}.{local}", self.prefix);
+            self.float_overrides.push((name, tensor));
+        }
+        for (local, s) in &outcome.scales {
+            if let Some(st) = self.stats.get(local) {
+                let divided = Arc::new(st.divided_by(s));
+                self.stats.insert(local.clone(), divided);
+            }
+        }
+    }
+
     /// The targets `step` acts on.
     pub fn targets_of<'t>(&'t self, step: &'t dyn PtqStep) -> impl Iterator<Item = &'t Target> {
         self.targets

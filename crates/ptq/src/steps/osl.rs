@@ -2,8 +2,6 @@
 //! in as SmoothQuant's scale (spec §3.4). The weight clipper that OSL enables runs next, in the
 //! AWQ step. Linears whose input is now x/s see statistics divided by s.
 
-use std::sync::Arc;
-
 use super::{LayerState, Phase, PtqStep};
 use crate::config::OutliersSuppression;
 use crate::{PtqConfig, Result};
@@ -26,13 +24,7 @@ impl PtqStep for OslStep {
     }
 
     fn run(&self, state: &mut LayerState) -> Result<()> {
-        let policy_of = |local: &str| {
-            state
-                .targets
-                .iter()
-                .find(|t| t.local == local)
-                .map(|t| t.policy.clone())
-        };
+        let policy_of = super::policy_in(state.targets);
         // The first windows up to the options' token budget.
         let mut windows = 0;
         let mut tokens = 0;
@@ -49,16 +41,7 @@ impl PtqStep for OslStep {
             &state.inputs[..windows],
             &state.float_outputs[..windows],
         )?;
-        for (local, tensor) in outcome.smoothing.overrides {
-            let name = format!("{}.{local}", state.prefix);
-            state.float_overrides.push((name, tensor));
-        }
-        for (local, s) in &outcome.smoothing.scales {
-            if let Some(st) = state.stats.get(local) {
-                let divided = Arc::new(st.divided_by(s));
-                state.stats.insert(local.clone(), divided);
-            }
-        }
+        state.fold(outcome.smoothing);
         for (local, choice) in outcome.choices {
             state.smooth_alphas.insert(local, choice.alpha);
         }

@@ -2,8 +2,6 @@
 //! quantizers run (spec §3.1: `LinearSmoothQuant` comes first). Linears whose input is now x/s
 //! see statistics divided by s.
 
-use std::sync::Arc;
-
 use super::{LayerState, Phase, PtqStep};
 use crate::config::OutliersSuppression;
 use crate::{PtqConfig, Result};
@@ -26,29 +24,16 @@ impl PtqStep for SmoothStep {
     }
 
     fn run(&self, state: &mut LayerState) -> Result<()> {
-        let policy_of = |local: &str| {
-            state
-                .targets
-                .iter()
-                .find(|t| t.local == local)
-                .map(|t| t.policy.clone())
-        };
+        let policy_of = super::policy_in(state.targets);
         let outcome = crate::smooth::smooth_layer(state.layer, &state.stats, &policy_of)?;
-        for (local, tensor) in outcome.overrides {
-            let name = format!("{}.{local}", state.prefix);
-            state.float_overrides.push((name, tensor));
-        }
-        for (local, s) in &outcome.scales {
+        for local in outcome.scales.keys() {
             if let Some(t) = state.targets.iter().find(|t| &t.local == local) {
                 state
                     .smooth_alphas
                     .insert(local.clone(), t.policy.smooth.alpha);
             }
-            if let Some(st) = state.stats.get(local) {
-                let divided = Arc::new(st.divided_by(s));
-                state.stats.insert(local.clone(), divided);
-            }
         }
+        state.fold(outcome);
         Ok(())
     }
 }
