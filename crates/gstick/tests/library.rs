@@ -431,6 +431,26 @@ fn the_example_recipes_run() {
                     .iter()
                     .all(|q| matches!(q, KvQuant::StaticPerChannel { .. })));
             }
+            "sparsegpt_50.yaml" => {
+                assert!(m.linears.is_empty(), "{name}: the kept weights stay f32");
+                assert_eq!(m.float_overrides.len(), 14, "{name}");
+                for t in m.float_overrides.values() {
+                    let zeros = t.values.iter().filter(|v| **v == 0.0).count();
+                    assert_eq!(zeros * 2, t.values.len(), "{name}");
+                }
+            }
+            "sparsegpt_2of4_w4.yaml" => {
+                assert_eq!(weight_only.len(), 14, "{name}");
+                assert_eq!(bits.into_iter().collect::<Vec<_>>(), [4], "{name}");
+                let two_four = gstick::ptq::sparsity::SparsityPattern::NOfM { n: 2, m: 4 };
+                for l in m.linears.values() {
+                    let w = l.weight.dequantize();
+                    assert!(
+                        gstick::ptq::sparsity::satisfies(&w, l.weight.cols, two_four, 0.5),
+                        "{name}"
+                    );
+                }
+            }
             other => panic!("{other}: no expectation for this recipe"),
         }
         // Each saves as a gs directory and loads back with the same model.
@@ -448,5 +468,5 @@ fn the_example_recipes_run() {
         );
         seen.push(name);
     }
-    assert_eq!(seen.len(), 10, "{seen:?}");
+    assert_eq!(seen.len(), 12, "{seen:?}");
 }

@@ -146,6 +146,71 @@ impl Default for SmoothConfig {
     }
 }
 
+/// How a Linear's weights are pruned (none by default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PruneMethod {
+    #[default]
+    None,
+    /// The smallest |w| of the matrix (or of each N:M run); needs no calibration.
+    Magnitude,
+    /// The smallest |w| · ‖X_j‖₂ of each row (or run), from calibration inputs.
+    Wanda,
+    /// OBS pruning with error compensation (`sparsegpt`); quantizes in the same pass when a
+    /// weight dtype is set.
+    Sparsegpt,
+}
+
+/// Weight pruning settings (beyond the original, which has no LLM pruning).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PruneConfig {
+    pub method: PruneMethod,
+    /// Share of each Linear's weights set to zero (unstructured); an N:M pattern fixes N/M.
+    pub sparsity: f64,
+    /// `unstructured` or N:M (`2:4`: at least 2 zeros in every 4 consecutive inputs of a row).
+    pub pattern: crate::sparsity::SparsityPattern,
+    /// SparseGPT's columns per mask choice and lazy update.
+    pub block_size: usize,
+    /// SparseGPT's dampening, as a fraction of the mean Hessian diagonal.
+    pub damp_percent: f64,
+}
+
+impl Default for PruneConfig {
+    fn default() -> Self {
+        PruneConfig {
+            method: PruneMethod::None,
+            sparsity: 0.5,
+            pattern: crate::sparsity::SparsityPattern::Unstructured,
+            block_size: 128,
+            damp_percent: 0.01,
+        }
+    }
+}
+
+impl PruneConfig {
+    /// Whether a method is set.
+    pub fn is_on(&self) -> bool {
+        self.method != PruneMethod::None
+    }
+
+    /// The label of the summary strings: `SparseGPT-50%`, `Wanda-2:4`.
+    pub fn summary(&self) -> Option<String> {
+        let name = match self.method {
+            PruneMethod::None => return None,
+            PruneMethod::Magnitude => "Magnitude",
+            PruneMethod::Wanda => "Wanda",
+            PruneMethod::Sparsegpt => "SparseGPT",
+        };
+        Some(match self.pattern {
+            crate::sparsity::SparsityPattern::Unstructured => {
+                format!("{name}-{}%", (self.sparsity * 100.0).round())
+            }
+            p => format!("{name}-{p}"),
+        })
+    }
+}
+
 /// The PTQ configuration of a network or of one layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -174,6 +239,7 @@ pub struct PtqConfig {
     pub gptq: GptqConfig,
     pub awq: AwqConfig,
     pub smooth: SmoothConfig,
+    pub prune: PruneConfig,
 }
 
 impl Default for PtqConfig {
@@ -196,6 +262,7 @@ impl Default for PtqConfig {
             gptq: GptqConfig::default(),
             awq: AwqConfig::default(),
             smooth: SmoothConfig::default(),
+            prune: PruneConfig::default(),
         }
     }
 }
@@ -439,6 +506,7 @@ impl PtqConfig {
                 format!("{} is not in [0, 1]", self.gptq.damp_percent),
             ));
         }
+        self.validate_prune()?;
         for (field, grid) in [
             ("awq.smooth_alpha", &self.awq.smooth_alpha),
             ("awq.weight_clip_ratio", &self.awq.weight_clip_ratio),
@@ -450,6 +518,45 @@ impl PtqConfig {
                     format!("every value must be in [0, 1] (got {values:?})"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The pruning rules: a share in (0, 1), and combinations the pruners can keep exact.
+    fn validate_prune(&self) -> Result<(), ConfigError> {
+        let p = &self.prune;
+        if !p.is_on() {
+            return Ok(());
+        }
+        if !(p.sparsity > 0.0 && p.sparsity < 1.0) {
+            return Err(invalid(
+                "prune.sparsity",
+                format!("{} is not in (0, 1)", p.sparsity),
+            ));
+        }
+        if !(0.0..=1.0).contains(&p.damp_percent) {
+            return Err(invalid(
+                "prune.damp_percent",
+                format!("{} is not in [0, 1]", p.damp_percent),
+            ));
+        }
+        if p.block_size == 0 {
+            return Err(invalid("prune.block_size", "must be at least 1"));
+        }
+        if self.precision_recovery == PrecisionRecovery::Gptq {
+            return Err(invalid(
+                "precision_recovery",
+                "GPTQ would refill the pruned weights; prune.method sparsegpt quantizes while it prunes (set a weight dtype and precision_recovery none)",
+            ));
+        }
+        if self.outliers_suppression != OutliersSuppression::None
+            || self.act_quant_dtype.is_some()
+            || self.kvcache_quant_dtype.is_some()
+        {
+            return Err(invalid(
+                "prune.method",
+                "pruning combines with weight-only RTN or SparseGPT quantization only (outliers_suppression, act_quant_dtype and kvcache_quant_dtype must be none)",
+            ));
         }
         Ok(())
     }
@@ -510,10 +617,11 @@ impl PtqConfig {
                 "C8-per_channel".to_string()
             }
         });
+        let prune = self.prune.summary();
         let Some(w) = self.weight_quant_dtype else {
-            return kv.unwrap_or_else(|| "NA".into());
+            return prune.or(kv).unwrap_or_else(|| "NA".into());
         };
-        let mut parts = Vec::new();
+        let mut parts: Vec<String> = prune.into_iter().collect();
         match self.outliers_suppression {
             OutliersSuppression::Awq => parts.push("AWQ".to_string()),
             OutliersSuppression::Smooth => parts.push("SmoothQuant".into()),

@@ -84,6 +84,8 @@ pub enum GptqError {
     #[error("act-order with per-group quantization needs static groups (each group's scale must not depend on the column order)")]
     ActOrderGroups,
     #[error("{0}")]
+    Pattern(String),
+    #[error("{0}")]
     Scheme(#[from] gstick_quant::SchemeError),
 }
 
@@ -250,7 +252,7 @@ pub fn gptq(
 
 /// The upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U) after dampening H by `damp` of its mean
 /// diagonal, retrying with ten times more while the factorization fails.
-fn upper_inverse_factor(h: &Mat<f64>, damp: f64) -> Result<(Mat<f64>, f64), GptqError> {
+pub(crate) fn upper_inverse_factor(h: &Mat<f64>, damp: f64) -> Result<(Mat<f64>, f64), GptqError> {
     let n = h.nrows();
     let mean_diag = (0..n).map(|i| h[(i, i)]).sum::<f64>() / n.max(1) as f64;
     let mut damp = damp.max(1e-8);

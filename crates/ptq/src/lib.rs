@@ -20,6 +20,8 @@ pub mod recipe;
 pub mod records;
 pub mod rtn;
 pub mod smooth;
+pub mod sparsegpt;
+pub mod sparsity;
 pub mod steps;
 pub mod supported;
 

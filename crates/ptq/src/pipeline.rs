@@ -191,6 +191,8 @@ pub fn quantize_layer(
         stats,
         float_overrides: Vec::new(),
         quantized: BTreeMap::new(),
+        pruned: BTreeMap::new(),
+        originals: BTreeMap::new(),
         smooth_alphas: BTreeMap::new(),
         inputs,
         float_outputs: &float_out,
@@ -208,6 +210,7 @@ pub fn quantize_layer(
     let LayerState {
         float_overrides,
         mut quantized,
+        mut pruned,
         ..
     } = state;
     for (name, t) in float_overrides {
@@ -224,6 +227,7 @@ pub fn quantize_layer(
                 model.linears.insert(full, q);
                 linears.push(record);
             }
+            None if pruned.contains_key(&full) => linears.extend(pruned.remove(&full)),
             None => linears.push(LinearRecord {
                 name: full,
                 summary: "NA".into(),
@@ -281,7 +285,8 @@ fn plan_layer(layer: &Network, prefix: &str, recipe: &Recipe) -> Result<LayerPla
         let full = format!("{prefix}.{local}");
         let policy = recipe.layers.resolve(&full, &recipe.network)?;
         all.push((full.clone(), linear.out_features(), linear.in_features()));
-        if policy.weight_scheme().is_some() && !policy.is_blacklisted(&full) {
+        let acts = policy.weight_scheme().is_some() || policy.prune.is_on();
+        if acts && !policy.is_blacklisted(&full) {
             targets.push(Target {
                 local,
                 full,

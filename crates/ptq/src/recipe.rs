@@ -114,6 +114,10 @@ impl Recipe {
                 || osl.applies_to(c)
                 || awq.applies_to(c)
                 || gptq.applies_to(c)
+                || matches!(
+                    c.prune.method,
+                    crate::config::PruneMethod::Wanda | crate::config::PruneMethod::Sparsegpt
+                )
                 || c.activation_quant(None).is_err()
                 || (c.kvcache_quant_dtype.is_some()
                     && c.kvcache_quant_granularity == crate::config::QuantGranularity::PerChannel)

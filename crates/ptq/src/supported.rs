@@ -93,13 +93,12 @@ pub fn check_recipe(recipe: &Recipe) -> Result<(), ConfigError> {
             (_, e) => e,
         })?;
     }
-    if recipe
-        .configs()
-        .all(|(_, c)| c.weight_scheme().is_none() && c.kvcache_quant_dtype.is_none())
-    {
+    if recipe.configs().all(|(_, c)| {
+        c.weight_scheme().is_none() && c.kvcache_quant_dtype.is_none() && !c.prune.is_on()
+    }) {
         return Err(crate::config::invalid(
             "weight_quant_dtype",
-            "nothing to quantize: no configuration sets a weight or KV-cache dtype",
+            "nothing to quantize: no configuration sets a weight or KV-cache dtype or a prune method",
         ));
     }
     Ok(())

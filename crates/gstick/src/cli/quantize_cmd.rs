@@ -41,6 +41,16 @@ pub enum KvArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum PruneArg {
+    /// The smallest |w| of each matrix (or of each N:M run).
+    Magnitude,
+    /// The smallest |w| x input norm of each row (or run); needs --calib.
+    Wanda,
+    /// OBS pruning with error compensation, quantizing in the same pass; needs --calib.
+    Sparsegpt,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum FormatArg {
     /// Golden Stick directory (msModelSlim names + quantization_description.json).
     Gs,
@@ -87,6 +97,19 @@ pub struct QuantizeArgs {
     /// attention sink) get; 0 is plain GPTQ.
     #[arg(long, conflicts_with = "recipe")]
     pub sink_share: Option<f64>,
+    /// Prune every Linear's weights (zeros in the --pattern) before or while quantizing them.
+    #[arg(long, value_enum, conflicts_with = "recipe")]
+    pub prune: Option<PruneArg>,
+    /// With --prune: the share of weights set to zero (unstructured).
+    #[arg(long, requires = "prune", conflicts_with = "recipe")]
+    pub sparsity: Option<f64>,
+    /// With --prune: `unstructured` (the default) or N:M, say 2:4 (at least N zeros in every M
+    /// consecutive inputs of a row).
+    #[arg(long, requires = "prune", conflicts_with = "recipe")]
+    pub pattern: Option<String>,
+    /// With --prune: keep the weights that survive in f32 (prune only, no quantization).
+    #[arg(long, requires = "prune", conflicts_with = "recipe")]
+    pub float_weights: bool,
     /// Calibration text (the asset script writes wiki/calib.txt).
     #[arg(long)]
     pub calib: Option<PathBuf>,
@@ -161,6 +184,27 @@ fn config_from_flags(args: &QuantizeArgs) -> Result<PtqConfig> {
             ActArg::PerTensor => QuantGranularity::PerTensor,
         };
     }
+    if let Some(method) = args.prune {
+        use gstick::ptq::config::PruneMethod;
+        c.prune.method = match method {
+            PruneArg::Magnitude => PruneMethod::Magnitude,
+            PruneArg::Wanda => PruneMethod::Wanda,
+            PruneArg::Sparsegpt => PruneMethod::Sparsegpt,
+        };
+        if let Some(s) = args.sparsity {
+            c.prune.sparsity = s;
+        }
+        if let Some(p) = &args.pattern {
+            c.prune.pattern = gstick::ptq::sparsity::SparsityPattern::try_from(p.clone())
+                .map_err(|e| anyhow::anyhow!("--pattern: {e}"))?;
+        }
+        if args.float_weights {
+            if args.bits != 8 || args.group != 0 || !matches!(args.algo, Algo::Rtn) {
+                bail!("--float-weights keeps the weights in f32: it takes no --bits, --group or --algo");
+            }
+            c.weight_quant_dtype = None;
+        }
+    }
     if let Some(kv) = args.kv {
         use gstick::ptq::config::QuantGranularity;
         c.kvcache_quant_dtype = Some(gstick::ptq::config::QuantDtype::Int8);
@@ -233,7 +277,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
             Calibration::from_text(&source, &text, args.nsamples, args.seqlen, args.seed)?
         }
         None if quantizer.recipe().needs_calibration() => {
-            bail!("--calib is required for GPTQ, AWQ, SmoothQuant, OSL and static activation or KV-cache scales (they learn from calibration data)")
+            bail!("--calib is required for GPTQ, AWQ, SmoothQuant, OSL, Wanda, SparseGPT and static activation or KV-cache scales (they learn from calibration data)")
         }
         // RTN needs no data; one short window still measures each layer's output error.
         None => Calibration::probe(&source)?,

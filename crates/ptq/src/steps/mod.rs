@@ -7,6 +7,7 @@
 mod awq;
 mod gptq;
 mod osl;
+mod prune;
 mod rtn;
 mod smooth;
 
@@ -23,6 +24,7 @@ use gstick_quant::{QuantizedLinear, QuantizedWeight, WeightScheme};
 pub use awq::AwqStep;
 pub use gptq::GptqStep;
 pub use osl::OslStep;
+pub use prune::PruneStep;
 pub use rtn::RtnStep;
 pub use smooth::SmoothStep;
 
@@ -62,6 +64,11 @@ pub struct LayerState<'a> {
     pub float_overrides: Vec<(String, Tensor)>,
     /// Quantized Linears, by full name, with their records.
     pub quantized: BTreeMap<String, (QuantizedLinear, LinearRecord)>,
+    /// Linears pruned but kept float, by full name, with their records.
+    pub pruned: BTreeMap<String, LinearRecord>,
+    /// The float Linears before a step replaced their weights (pruning), by local name: the
+    /// reference of the error reports.
+    pub originals: BTreeMap<String, Linear>,
     /// The smoothing strength α each smoothed Linear got (SmoothQuant's, or OSL's choice), by
     /// local name.
     pub smooth_alphas: BTreeMap<String, f64>,
@@ -87,12 +94,13 @@ pub trait PtqStep {
 }
 
 /// The steps a recipe needs, in pipeline order: SmoothQuant's, OSL's and AWQ's scales and the
-/// clipper first, then the quantizers.
+/// clipper first, then pruning (which may quantize too), then the quantizers.
 pub fn steps_for(recipe: &Recipe) -> Vec<Box<dyn PtqStep>> {
     let all: Vec<Box<dyn PtqStep>> = vec![
         Box::new(SmoothStep),
         Box::new(OslStep),
         Box::new(AwqStep),
+        Box::new(PruneStep),
         Box::new(GptqStep),
         Box::new(RtnStep),
     ];
@@ -168,7 +176,10 @@ impl LayerState<'_> {
             q.round_scales_to_f16()
                 .map_err(|e| target_error(target, e.to_string()))?;
         }
-        let linear = self.linear(target)?;
+        let linear = match self.originals.get(&target.local) {
+            Some(l) => l.clone(),
+            None => self.linear(target)?,
+        };
         let label = target.policy.summary();
         let q = Arc::new(q);
         let range = self.stats_of(target)?.range();
@@ -241,12 +252,8 @@ pub(crate) fn target_error(target: &Target, message: impl Into<String>) -> Error
 }
 
 /// ‖f(X) − q(X)‖² / ‖f(X)‖² on (at most 1024 of) the sampled input rows, for the float
-/// Linear f and its quantized cell q (with its activation quantization, if any).
-fn relative_linear_error(
-    stats: &InputStats,
-    float: &Linear,
-    quantized: &WeightQuantLinear,
-) -> Result<f64> {
+/// Linear f and its quantized (or pruned) cell q (with its activation quantization, if any).
+fn relative_linear_error(stats: &InputStats, float: &Linear, quantized: &dyn Cell) -> Result<f64> {
     let rows = stats.sample_rows.min(1024);
     if rows == 0 {
         return Ok(0.0);

@@ -1,7 +1,7 @@
 //! RTN as a step: round each target's (possibly AWQ-scaled and clipped) weight to its grid.
 
 use super::{target_error, LayerState, Phase, PtqStep};
-use crate::config::PrecisionRecovery;
+use crate::config::{PrecisionRecovery, PruneMethod};
 use crate::{PtqConfig, Result};
 
 /// Round-to-nearest for the Linears without precision recovery (spec §3.2).
@@ -13,7 +13,10 @@ impl PtqStep for RtnStep {
     }
 
     fn applies_to(&self, policy: &PtqConfig) -> bool {
-        policy.weight_scheme().is_some() && policy.precision_recovery == PrecisionRecovery::None
+        // SparseGPT quantizes the weights it prunes itself.
+        policy.weight_scheme().is_some()
+            && policy.precision_recovery == PrecisionRecovery::None
+            && policy.prune.method != PruneMethod::Sparsegpt
     }
 
     fn phase(&self) -> Phase {
