@@ -32,6 +32,7 @@ pub use gstick_eval as eval;
 pub use gstick_export as export;
 pub use gstick_models as models;
 pub use gstick_nn as nn;
+pub use gstick_prune as prune;
 pub use gstick_ptq as ptq;
 pub use gstick_qat as qat;
 pub use gstick_quant as quant;

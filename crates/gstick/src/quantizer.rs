@@ -32,7 +32,7 @@ use std::path::Path;
 use gstick_export::{ExportReport, Format};
 use gstick_ptq::memory::calibration_memory;
 use gstick_ptq::pipeline::{quantize_layers, PipelineOptions};
-use gstick_ptq::steps::{GptqStep, PtqStep};
+use gstick_ptq::steps::{GptqStep, PruneStep, PtqStep};
 use gstick_ptq::supported::check_recipe;
 use gstick_ptq::{LayerRecord, Recipe};
 use gstick_quant::QuantizedModel;
@@ -110,7 +110,7 @@ impl<'s> Calibrated<'s> {
         let c = &self.source.config;
         let seqlen = self.windows.iter().map(|w| w.len()).max().unwrap_or(0);
         let configs = || self.quantizer.recipe.configs().map(|(_, p)| p);
-        let hessian = configs().any(|p| GptqStep.applies_to(p));
+        let hessian = configs().any(|p| GptqStep.applies_to(p) || PruneStep.applies_to(p));
         let block = configs()
             .filter(|p| p.weight_scheme().is_some())
             .map(|p| {
@@ -122,7 +122,7 @@ impl<'s> Calibrated<'s> {
             })
             .min()
             .unwrap_or(c.hidden);
-        let calibration = calibration_memory(
+        let mut calibration = calibration_memory(
             c,
             self.windows.len(),
             seqlen,
@@ -130,6 +130,10 @@ impl<'s> Calibrated<'s> {
             self.quantizer.options.sample_rows,
             block,
         );
+        // Pruned weights kept in f32 take four bytes each, not one.
+        if configs().any(|p| p.prune.is_on() && p.weight_scheme().is_none()) {
+            calibration.quantized_model = calibration.quantized_model.saturating_mul(4);
+        }
         // Export: the quantized model is held while the largest float tensor (the embedding)
         // is read and turned into bytes.
         let export = calibration.quantized_model + 2 * 4 * c.vocab * c.hidden;

@@ -157,7 +157,14 @@ impl CompAlgo for Ptq {
                 if let Some(q) = downcast::<WeightQuantLinear>(cell.as_ref()) {
                     rows.push((name, q.label.clone()));
                 } else if cell.kind() == "Linear" {
-                    rows.push((name, "NA".into()));
+                    // A pruned float Linear is still a Linear; the recipe says what it got.
+                    let label = self
+                        .recipe
+                        .layers
+                        .resolve(&name, &self.recipe.network)
+                        .ok()
+                        .and_then(|p| p.prune.summary().filter(|_| !p.is_blacklisted(&name)));
+                    rows.push((name, label.unwrap_or_else(|| "NA".into())));
                 }
             }
         }

@@ -184,8 +184,17 @@ impl Recipe {
                 }
             };
             // Start from the network configuration; the policy overrides what it names.
+            // Sub-tables (`gptq`, `prune`, ...) merge key by key: `prune: {sparsity: 0.3}`
+            // keeps the network's method.
             let mut merged = table.clone();
-            merged.extend(overrides);
+            for (key, value) in overrides {
+                match (merged.get_mut(&key), value) {
+                    (Some(toml::Value::Table(base)), toml::Value::Table(sub)) => base.extend(sub),
+                    (_, value) => {
+                        merged.insert(key, value);
+                    }
+                }
+            }
             let config: PtqConfig =
                 toml::Value::Table(merged)
                     .try_into()

@@ -85,10 +85,11 @@ pub fn sparsegpt(
         .transpose()?;
     let (u, damp_used) = upper_inverse_factor(&h, settings.damp_percent)?;
 
+    let block = settings.block_size.clamp(1, cols.max(1));
     let block = match settings.pattern {
-        // A block holds whole N:M runs.
-        SparsityPattern::NOfM { m, .. } => settings.block_size.max(1).div_ceil(m) * m,
-        SparsityPattern::Unstructured => settings.block_size.max(1),
+        // A block holds whole N:M runs (cols is a multiple of m).
+        SparsityPattern::NOfM { m, .. } => block.div_ceil(m) * m,
+        SparsityPattern::Unstructured => block,
     };
     let mut values = grid.as_ref().map(|_| vec![0i8; rows * cols]);
     let mut loss = 0.0;

@@ -580,3 +580,27 @@ fn impossible_combinations_name_the_fields() {
     let e = err("weight_quant_dtype: int9\n");
     assert!(e.contains("int9") && e.contains("none"), "{e}");
 }
+
+/// A policy's sub-table changes only the keys it names: `prune: {sparsity: 0.3}` keeps the
+/// network's method (and `gptq: {damp_percent: ...}` its act-order).
+#[test]
+fn layer_policy_sub_tables_merge_key_by_key() {
+    use gstick_ptq::config::PruneMethod;
+    let yaml = "weight_quant_dtype: none\nprune:\n  method: wanda\n  sparsity: 0.5\n\
+        layer_policies:\n  - pattern: 'model\\.layers\\.0\\.'\n    prune:\n      sparsity: 0.3\n";
+    let r = Recipe::from_yaml(yaml, "r.yaml").unwrap();
+    let p = r
+        .layers
+        .resolve("model.layers.0.mlp.up_proj", &r.network)
+        .unwrap();
+    assert_eq!(
+        (p.prune.method, p.prune.sparsity),
+        (PruneMethod::Wanda, 0.3)
+    );
+    let other = r
+        .layers
+        .resolve("model.layers.1.mlp.up_proj", &r.network)
+        .unwrap();
+    assert_eq!(other.prune.sparsity, 0.5);
+    assert_eq!(p.summary(), "Wanda-30%");
+}

@@ -191,16 +191,22 @@ fn config_from_flags(args: &QuantizeArgs) -> Result<PtqConfig> {
             PruneArg::Wanda => PruneMethod::Wanda,
             PruneArg::Sparsegpt => PruneMethod::Sparsegpt,
         };
-        if let Some(s) = args.sparsity {
-            c.prune.sparsity = s;
-        }
         if let Some(p) = &args.pattern {
             c.prune.pattern = gstick::ptq::sparsity::SparsityPattern::try_from(p.clone())
                 .map_err(|e| anyhow::anyhow!("--pattern: {e}"))?;
         }
+        if let Some(s) = args.sparsity {
+            if c.prune.pattern != gstick::ptq::sparsity::SparsityPattern::Unstructured {
+                bail!(
+                    "--sparsity is for unstructured pruning; --pattern {} fixes its own share",
+                    c.prune.pattern
+                );
+            }
+            c.prune.sparsity = s;
+        }
         if args.float_weights {
-            if args.bits != 8 || args.group != 0 || !matches!(args.algo, Algo::Rtn) {
-                bail!("--float-weights keeps the weights in f32: it takes no --bits, --group or --algo");
+            if args.bits != 8 || args.group != 0 || args.asym || !matches!(args.algo, Algo::Rtn) {
+                bail!("--float-weights keeps the weights in f32: it takes no --bits, --group, --asym or --algo");
             }
             c.weight_quant_dtype = None;
         }

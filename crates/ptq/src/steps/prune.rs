@@ -45,6 +45,7 @@ impl PtqStep for PruneStep {
             let linear = state.linear(target)?;
             let (w, rows, cols) = linear_weight(&linear)?;
             let prune = &target.policy.prune;
+            let mut damp = None;
             check_shape(prune.pattern, cols).map_err(|m| target_error(target, m))?;
             let hessian = || {
                 state
@@ -87,12 +88,13 @@ impl PtqStep for PruneStep {
                         damp_percent: prune.damp_percent,
                     };
                     let scheme = target.policy.weight_scheme();
-                    let (out, _) = sparsegpt(&w, rows, cols, &hessian()?, scheme, &settings)
+                    let (out, report) = sparsegpt(&w, rows, cols, &hessian()?, scheme, &settings)
                         .map_err(|e| target_error(target, e.to_string()))?;
+                    damp = Some(report.damp_percent);
                     match out {
                         SparseGptOutput::Quantized(q) => {
                             state.originals.insert(target.local.clone(), linear.clone());
-                            state.install(target, q, None, started)?;
+                            state.install(target, q, damp, started)?;
                             continue;
                         }
                         SparseGptOutput::Float(p) => p,
@@ -107,9 +109,12 @@ impl PtqStep for PruneStep {
             state
                 .layer
                 .replace_cell(id, Box::new(cell) as Box<dyn Cell>)?;
-            state
-                .float_overrides
-                .push((format!("{}.weight", target.full), weight));
+            // With a weight dtype RTN rounds the pruned weight next; the float copy is not kept.
+            if target.policy.weight_scheme().is_none() {
+                state
+                    .float_overrides
+                    .push((format!("{}.weight", target.full), weight));
+            }
             state.originals.insert(target.local.clone(), linear);
             state.pruned.insert(
                 target.full.clone(),
@@ -119,7 +124,7 @@ impl PtqStep for PruneStep {
                     rows,
                     cols,
                     relative_output_error: error,
-                    gptq_damp: None,
+                    gptq_damp: damp,
                     smooth_alpha: None,
                     seconds: started.elapsed().as_secs_f64(),
                 },
