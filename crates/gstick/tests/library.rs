@@ -121,6 +121,34 @@ fn the_in_memory_algorithm_gives_the_layer_wise_weights() {
     );
 }
 
+/// Pruned Linears stay float cells in memory; the summary still says what they got.
+#[test]
+fn the_in_memory_algorithm_labels_pruned_float_linears() {
+    let dir = temp("prune-summary");
+    let source = Source::open(&dir.0.join("float")).unwrap();
+    let calib = calibration(&source);
+    let recipe = Recipe::from_yaml(
+        "weight_quant_dtype: none\nprune:\n  method: sparsegpt\nopname_blacklist: [down_proj]\n",
+        "r.yaml",
+    )
+    .unwrap();
+    let mut net = gstick::load(&dir.0.join("float")).unwrap().net;
+    let mut ptq = Ptq::new(recipe)
+        .unwrap()
+        .with_calibration(calib.windows.clone());
+    ptq.apply(&mut net).unwrap();
+    let rows = ptq.summary(&net);
+    assert_eq!(rows.len(), 14);
+    for (name, label) in &rows {
+        let want = if name.ends_with("down_proj") {
+            "NA"
+        } else {
+            "SparseGPT-50%"
+        };
+        assert_eq!(label, want, "{name}");
+    }
+}
+
 #[test]
 fn unimplemented_recipes_are_refused_before_any_work() {
     for (yaml, says) in [

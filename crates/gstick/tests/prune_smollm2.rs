@@ -1,10 +1,10 @@
 //! Weight pruning of SmolLM2 through the library API with the real calibration and evaluation
 //! texts: SparseGPT against magnitude pruning (50% unstructured) and against Wanda (2:4) on the
-//! calibration domain and on Moby-Dick, every pruned Linear checked for its pattern, and each
-//! model saved as a Golden Stick directory and loaded back before its perplexity is measured.
-//! (With 8 x 256 calibration tokens SparseGPT 2:4 fits the wiki text and loses to Wanda on
-//! Moby-Dick; 16 x 512, the README's calibration, is used.) The joint SparseGPT + W4 pass is
-//! checked by the example recipes' test.
+//! calibration domain and on Moby-Dick, SparseGPT 2:4 with W4 g64 in the same pass, every
+//! pruned Linear checked for its pattern, and each model saved as a Golden Stick directory and
+//! loaded back before its perplexity is measured. (With 8 x 256 calibration tokens SparseGPT
+//! 2:4 fits the wiki text and loses to Wanda on Moby-Dick; 16 x 512, the README's calibration,
+//! is used.)
 
 use gstick::ptq::config::{PrecisionRecovery, PruneConfig, PruneMethod, QuantGranularity};
 use gstick::ptq::sparsity::{satisfies, SparsityPattern};

@@ -106,11 +106,18 @@ fn layer_error(layer: &str, e: Error) -> Error {
     }
 }
 
+/// The handles from the top graph down to the layer `name` (never empty).
+fn path_to(net: &Network, name: &str) -> Result<Vec<gstick_rewrite::NodeId>> {
+    net.resolve(name)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| Error::Layer {
+            layer: name.to_string(),
+            message: "no such layer".into(),
+        })
+}
+
 fn cell_at(net: &Network, name: &str) -> Result<Box<dyn Cell>> {
-    let path = net.resolve(name).ok_or_else(|| Error::Layer {
-        layer: name.to_string(),
-        message: "no such layer".into(),
-    })?;
+    let path = path_to(net, name)?;
     let mut g = net;
     for &id in &path[..path.len() - 1] {
         g = g.subgraph(id)?;
@@ -126,10 +133,7 @@ fn cell_at(net: &Network, name: &str) -> Result<Box<dyn Cell>> {
 }
 
 fn replace_at(net: &mut Network, name: &str, cell: Box<dyn Cell>) -> Result<()> {
-    let path = net.resolve(name).ok_or_else(|| Error::Layer {
-        layer: name.to_string(),
-        message: "no such layer".into(),
-    })?;
+    let path = path_to(net, name)?;
     let mut g = net;
     for &id in &path[..path.len() - 1] {
         g = g.subgraph_mut(id)?;

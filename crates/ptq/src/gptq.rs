@@ -208,30 +208,7 @@ pub fn gptq(
                 }
             }
         }
-        // Lazy update of the columns after the block, one matrix product:
-        // work[:, i2..] -= E U[i1..i2, i2..].
-        if i2 < cols {
-            let width = i2 - i1;
-            let e = MatRef::from_row_major_slice(&err_block, rows, block).subcols(0, width);
-            let update = u.as_ref().submatrix(i1, i2, width, cols - i2);
-            // Row-major with a row stride, as the transpose of a column-major view (faer 0.24's
-            // strided row-major constructor swaps the strides).
-            let rest = MatMut::from_column_major_slice_with_stride_mut(
-                &mut work[i2..],
-                cols - i2,
-                rows,
-                cols,
-            )
-            .transpose_mut();
-            matmul(
-                rest,
-                Accum::Add,
-                e,
-                update,
-                -1.0f64,
-                gstick_nn::kernels::faer_par(),
-            );
-        }
+        lazy_block_update(&mut work, rows, cols, &err_block, block, &u, i1, i2);
     }
     let q = QuantizedWeight {
         rows,
@@ -248,6 +225,41 @@ pub fn gptq(
             loss,
         },
     ))
+}
+
+/// The lazy update of the columns after block `i1..i2`, one matrix product:
+/// `work[:, i2..] -= E U[i1..i2, i2..]`, with E the block's scaled errors (`err_block`, rows x
+/// `block`, the first `i2 - i1` columns used) and `work` row-major (rows x cols).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lazy_block_update(
+    work: &mut [f64],
+    rows: usize,
+    cols: usize,
+    err_block: &[f64],
+    block: usize,
+    u: &Mat<f64>,
+    i1: usize,
+    i2: usize,
+) {
+    if i2 >= cols {
+        return;
+    }
+    let width = i2 - i1;
+    let e = MatRef::from_row_major_slice(err_block, rows, block).subcols(0, width);
+    let update = u.as_ref().submatrix(i1, i2, width, cols - i2);
+    // Row-major with a row stride, as the transpose of a column-major view (faer 0.24's
+    // strided row-major constructor swaps the strides).
+    let rest =
+        MatMut::from_column_major_slice_with_stride_mut(&mut work[i2..], cols - i2, rows, cols)
+            .transpose_mut();
+    matmul(
+        rest,
+        Accum::Add,
+        e,
+        update,
+        -1.0f64,
+        gstick_nn::kernels::faer_par(),
+    );
 }
 
 /// The upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U) after dampening H by `damp` of its mean

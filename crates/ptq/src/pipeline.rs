@@ -227,8 +227,8 @@ pub fn quantize_layer(
                 model.linears.insert(full, q);
                 linears.push(record);
             }
-            None if pruned.contains_key(&full) => linears.extend(pruned.remove(&full)),
-            None => linears.push(LinearRecord {
+            // Pruned but float, or left alone.
+            None => linears.push(pruned.remove(&full).unwrap_or(LinearRecord {
                 name: full,
                 summary: "NA".into(),
                 rows,
@@ -237,7 +237,7 @@ pub fn quantize_layer(
                 gptq_damp: None,
                 smooth_alpha: None,
                 seconds: 0.0,
-            }),
+            })),
         }
     }
 

@@ -157,14 +157,16 @@ impl CompAlgo for Ptq {
                 if let Some(q) = downcast::<WeightQuantLinear>(cell.as_ref()) {
                     rows.push((name, q.label.clone()));
                 } else if cell.kind() == "Linear" {
-                    // A pruned float Linear is still a Linear; the recipe says what it got.
+                    // A pruned float Linear is still a Linear; the pipeline's record says
+                    // what it got (`NA` when nothing).
                     let label = self
-                        .recipe
-                        .layers
-                        .resolve(&name, &self.recipe.network)
-                        .ok()
-                        .and_then(|p| p.prune.summary().filter(|_| !p.is_blacklisted(&name)));
-                    rows.push((name, label.unwrap_or_else(|| "NA".into())));
+                        .result
+                        .iter()
+                        .flat_map(|r| &r.layers)
+                        .flat_map(|l| &l.linears)
+                        .find(|l| l.name == name)
+                        .map_or_else(|| "NA".to_string(), |l| l.summary.clone());
+                    rows.push((name, label));
                 }
             }
         }

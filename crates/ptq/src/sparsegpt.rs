@@ -8,12 +8,11 @@
 //! mode), on a grid fixed from the dense weight beforehand (per channel or per static group,
 //! widened to hold zero so that pruned weights stay exactly zero).
 
-use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatMut, MatRef};
+use faer::Mat;
 use gstick_quant::scheme::{dequantize, int_range, qparams, quantize};
 use gstick_quant::{Granularity, QParams, QuantizedWeight, WeightScheme};
 
-use crate::gptq::{upper_inverse_factor, GptqError, Hessian};
+use crate::gptq::{lazy_block_update, upper_inverse_factor, GptqError, Hessian};
 use crate::sparsity::{check_shape, mask_by_score, SparsityPattern};
 
 /// The solver's settings.
@@ -161,25 +160,7 @@ pub fn sparsegpt(
                 }
             }
         }
-        if i2 < cols {
-            let e = MatRef::from_row_major_slice(&err_block, rows, block).subcols(0, width);
-            let update = u.as_ref().submatrix(i1, i2, width, cols - i2);
-            let rest = MatMut::from_column_major_slice_with_stride_mut(
-                &mut work[i2..],
-                cols - i2,
-                rows,
-                cols,
-            )
-            .transpose_mut();
-            matmul(
-                rest,
-                Accum::Add,
-                e,
-                update,
-                -1.0f64,
-                gstick_nn::kernels::faer_par(),
-            );
-        }
+        lazy_block_update(&mut work, rows, cols, &err_block, block, &u, i1, i2);
     }
     let report = SparseGptReport {
         damp_percent: damp_used,
